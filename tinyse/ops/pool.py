@@ -1,0 +1,133 @@
+"""Pooling over (KH, KW) windows, NCHW: max, average, and global average/max.
+
+Notation as in ``conv.py``: windows of KH x KW, stride S, padding P, output OH x OW.
+Both windowed pools loop over the KH*KW kernel offsets (i, j): the (OH, OW)
+pixels that offset (i, j) meets form one strided slice of the padded input.
+"""
+import math
+
+from tinyse.backend import get_array_module
+from tinyse.ops.conv import check_window, output_size, pad_hw, window
+from tinyse.tensor import Function
+
+
+def _pair(size):
+    return (size, size) if isinstance(size, int) else tuple(size)
+
+
+class _Pool2d(Function):
+    """What both windowed pools share: settings, checks, and the padded-gradient buffer."""
+
+    def __init__(self, kernel_size, stride=None, padding=0):
+        self.kernel = _pair(kernel_size)
+        self.stride = self.kernel[0] if stride is None else stride
+        self.padding = padding
+
+    def prepare(self, x, pad_value):
+        """Check the input, remember shapes, return the padded input."""
+        name = type(self).__name__
+        check_window(name, x.shape, self.kernel, self.stride, self.padding)
+        if self.padding > min(self.kernel) // 2:
+            raise ValueError(f"{name}: padding={self.padding} must be at most half the kernel {self.kernel}")
+        kh, kw = self.kernel
+        self.x_shape = x.shape
+        self.oh = output_size(x.shape[2], kh, self.stride, self.padding)
+        self.ow = output_size(x.shape[3], kw, self.stride, self.padding)
+        return pad_hw(x, self.padding, pad_value)
+
+    def offsets(self):
+        """(k, window index) for each kernel offset (i, j), k = i * KW + j."""
+        kh, kw = self.kernel
+        for i in range(kh):
+            for j in range(kw):
+                yield i * kw + j, window(i, j, self.stride, self.oh, self.ow)
+
+    def scatter(self, grad_out, grad_of_window):
+        """Add ``grad_of_window(k)``, the gradient of offset k's slice, back onto the input; crop the padding."""
+        n, c, h, w = self.x_shape
+        p = self.padding
+        grad_x = get_array_module(grad_out).zeros((n, c, h + 2 * p, w + 2 * p), dtype=grad_out.dtype)
+        for k, index in self.offsets():
+            grad_x[index] += grad_of_window(k)
+        return grad_x[:, :, p : p + h, p : p + w]
+
+
+class MaxPool2d(_Pool2d):
+    """y[n, c, oh, ow] = max of the window;  dL/dx = dL/dy at the window's first maximum, 0 elsewhere.
+
+    Padding counts as -inf, so it is never the maximum. Ties go to the first
+    offset in row-major order, as in PyTorch.
+    """
+
+    def forward(self, x):
+        xp = get_array_module(x)
+        x = self.prepare(x, pad_value=-xp.inf)
+        y, self.argmax = None, None
+        for k, index in self.offsets():
+            values = x[index]
+            if y is None:
+                y, self.argmax = values.copy(), xp.zeros(values.shape, dtype=xp.int32)
+            else:
+                larger = values > y
+                y = xp.where(larger, values, y)
+                self.argmax[larger] = k
+        return y
+
+    def backward(self, grad_out):
+        xp = get_array_module(grad_out)
+        return self.scatter(grad_out, lambda k: xp.where(self.argmax == k, grad_out, 0))
+
+
+class AvgPool2d(_Pool2d):
+    """y[n, c, oh, ow] = mean of the KH*KW window (padding zeros counted, as PyTorch's default).
+
+    dL/dx: each window pixel gets dL/dy / (KH*KW).
+    """
+
+    def forward(self, x):
+        x = self.prepare(x, pad_value=0)
+        total = None
+        for _, index in self.offsets():
+            total = x[index].copy() if total is None else total + x[index]
+        return total / (self.kernel[0] * self.kernel[1])
+
+    def backward(self, grad_out):
+        share = grad_out / (self.kernel[0] * self.kernel[1])
+        return self.scatter(grad_out, lambda k: share)
+
+
+def _check_4d(name, x):
+    if x.ndim != 4:
+        raise ValueError(f"{name} expects input of shape (N, C, H, W), got {x.shape}")
+
+
+class GlobalAvgPool2d(Function):
+    """z[n, c] = 1/(H W) sum over h, w of x[n, c, h, w];  dL/dx[n, c, h, w] = dL/dz[n, c] / (H W)."""
+
+    def forward(self, x):
+        _check_4d(type(self).__name__, x)
+        self.x_shape = x.shape
+        return x.mean(axis=(2, 3))
+
+    def backward(self, grad_out):
+        xp = get_array_module(grad_out)
+        share = grad_out / math.prod(self.x_shape[2:])
+        return xp.broadcast_to(share[:, :, None, None], self.x_shape)
+
+
+class GlobalMaxPool2d(Function):
+    """z[n, c] = max over h, w of x[n, c, h, w];  dL/dx = dL/dz at the first maximum, 0 elsewhere."""
+
+    def forward(self, x):
+        _check_4d(type(self).__name__, x)
+        xp = get_array_module(x)
+        n, c, h, w = self.x_shape = x.shape
+        flat = x.reshape(n, c, h * w)
+        self.argmax = flat.argmax(axis=2)  # (N, C)
+        return xp.take_along_axis(flat, self.argmax[:, :, None], axis=2)[:, :, 0]
+
+    def backward(self, grad_out):
+        xp = get_array_module(grad_out)
+        n, c, h, w = self.x_shape
+        at_max = xp.arange(h * w) == self.argmax[:, :, None]  # (N, C, H*W)
+        return (at_max * grad_out[:, :, None]).reshape(self.x_shape)
