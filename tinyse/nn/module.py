@@ -1,0 +1,206 @@
+"""``Module``: a tree of layers that owns parameters and buffers, as torch.nn.Module does.
+
+Assigning a ``Parameter`` or a ``Module`` to an attribute registers it; arrays
+that are state but not trained (batch norm's running statistics) are registered
+with ``register_buffer``. Names are dotted paths (``layer1.0.conv1.weight``),
+the same keys a PyTorch model of the same structure has, so weights move
+between the two with ``state_dict`` / ``load_state_dict``.
+"""
+import os
+import tempfile
+
+import numpy as np
+
+from tinyse.backend import get_array_module, to_device
+from tinyse.tensor import Tensor
+
+
+class Parameter(Tensor):
+    """A Tensor that a Module trains: ``requires_grad`` is always on."""
+
+    def __init__(self, data):
+        super().__init__(data, requires_grad=True)
+
+
+class Module:
+    """Base class of every layer and model: subclasses set attributes in ``__init__`` and write ``forward``."""
+
+    def __init__(self):
+        object.__setattr__(self, "_parameters", {})
+        object.__setattr__(self, "_buffers", {})
+        object.__setattr__(self, "_modules", {})
+        object.__setattr__(self, "training", True)
+
+    def __setattr__(self, name, value):
+        if "_parameters" not in self.__dict__:
+            raise RuntimeError(f"call super().__init__() in {type(self).__name__}.__init__ before assigning attributes")
+        for registry in (self._parameters, self._buffers, self._modules):
+            registry.pop(name, None)
+        if isinstance(value, Parameter):
+            self._parameters[name] = value
+        elif isinstance(value, Module):
+            self._modules[name] = value
+        elif name in self.__dict__.get("_buffer_names", ()):
+            self._buffers[name] = value
+        else:
+            object.__setattr__(self, name, value)
+
+    def __getattr__(self, name):  # called only when normal lookup fails
+        for registry in ("_parameters", "_buffers", "_modules"):
+            if name in self.__dict__.get(registry, {}):
+                return self.__dict__[registry][name]
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
+    def register_buffer(self, name, array):
+        """Keep ``array`` as state of this module (saved and moved with it, never trained)."""
+        self.__dict__.setdefault("_buffer_names", set()).add(name)
+        self._buffers[name] = array
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    def forward(self, *args):
+        raise NotImplementedError
+
+    # --- walking the tree ------------------------------------------------------------------
+    def named_modules(self, prefix=""):
+        """(dotted name, module) for this module and every module below it, depth first."""
+        yield prefix, self
+        for name, child in self._modules.items():
+            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def modules(self):
+        return (module for _, module in self.named_modules())
+
+    def children(self):
+        return iter(self._modules.values())
+
+    def named_parameters(self):
+        for prefix, module in self.named_modules():
+            for name, p in module._parameters.items():
+                yield (f"{prefix}.{name}" if prefix else name), p
+
+    def parameters(self):
+        return [p for _, p in self.named_parameters()]
+
+    def named_buffers(self):
+        for prefix, module in self.named_modules():
+            for name, b in module._buffers.items():
+                yield (f"{prefix}.{name}" if prefix else name), b
+
+    def num_parameters(self):
+        return sum(p.size for p in self.parameters())
+
+    # --- training state --------------------------------------------------------------------
+    def zero_grad(self):
+        """Clear every parameter's gradient (gradients accumulate across backward() calls until then)."""
+        for p in self.parameters():
+            p.grad = None
+
+    def train(self, mode=True):
+        for module in self.modules():
+            object.__setattr__(module, "training", mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def to(self, device=None, dtype=None):
+        """Move every parameter and buffer to ``device`` and/or cast floating ones to ``dtype``, in place."""
+        for module in self.modules():
+            for name, p in module._parameters.items():
+                p.data = _convert(p.data, device, dtype)
+                p.grad = None
+            for name, b in module._buffers.items():
+                module._buffers[name] = _convert(b, device, dtype)
+        return self
+
+    # --- saving and loading ------------------------------------------------------------------
+    def state_dict(self):
+        """{dotted name: NumPy array} of every parameter and buffer, with PyTorch's key names."""
+        state = {}
+        for prefix, module in self.named_modules():
+            for name, array in [*((n, p.data) for n, p in module._parameters.items()), *module._buffers.items()]:
+                state[f"{prefix}.{name}" if prefix else name] = to_device(array, "cpu").copy()
+        return state
+
+    def load_state_dict(self, state):
+        """Copy arrays into the parameters and buffers, keeping each one's dtype and device.
+
+        ``state`` is a dict of arrays (e.g. ``{k: v.numpy() for k, v in torch_model.state_dict().items()}``),
+        an opened ``.npz``, or the path of one. Keys and shapes must match exactly.
+        """
+        if isinstance(state, (str, os.PathLike)):
+            with np.load(state) as archive:
+                return self.load_state_dict(dict(archive))
+        state = {k: np.asarray(v) for k, v in state.items()}
+        own = dict(self.state_dict())
+        missing, unexpected = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
+        if missing or unexpected:
+            raise KeyError(f"state dict does not match the model: missing keys {missing}, unexpected keys {unexpected}")
+        for key, array in state.items():
+            if array.shape != own[key].shape:
+                raise ValueError(f"state dict key {key!r}: model expects shape {own[key].shape}, got {array.shape}")
+        for prefix, module in self.named_modules():
+            for name, p in module._parameters.items():
+                p.data = _convert(state[f"{prefix}.{name}" if prefix else name], p.device, p.dtype)
+            for name, b in module._buffers.items():
+                xp = get_array_module(b)
+                module._buffers[name] = xp.asarray(state[f"{prefix}.{name}" if prefix else name], dtype=b.dtype)
+        return self
+
+    def save(self, path):
+        """Write ``state_dict()`` to an ``.npz`` file, through a temporary file so a crash never leaves half of one."""
+        path = os.fspath(path)
+        handle, temporary = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".npz")
+        try:
+            with os.fdopen(handle, "wb") as f:
+                np.savez(f, **self.state_dict())
+            os.replace(temporary, path)
+        except BaseException:
+            os.unlink(temporary)
+            raise
+
+    # --- printing ------------------------------------------------------------------------
+    def extra_repr(self):
+        """The settings shown in ``print(model)`` beside the class name."""
+        return ""
+
+    def __repr__(self):
+        if not self._modules:
+            return f"{type(self).__name__}({self.extra_repr()})"
+        lines = [f"{type(self).__name__}({self.extra_repr()}"]
+        for name, child in self._modules.items():
+            lines.append(f"  ({name}): " + repr(child).replace("\n", "\n  "))
+        return "\n".join(lines) + "\n)"
+
+
+def _convert(array, device=None, dtype=None):
+    if device is not None:
+        array = to_device(array, device)
+    if dtype is not None and array.dtype.kind == "f":
+        array = array.astype(dtype, copy=False)
+    return array
+
+
+class Sequential(Module):
+    """Modules applied one after another; children are named "0", "1", ... as in PyTorch."""
+
+    def __init__(self, *modules):
+        super().__init__()
+        for i, module in enumerate(modules):
+            setattr(self, str(i), module)
+
+    def __getitem__(self, index):
+        return list(self._modules.values())[index]
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def forward(self, x):
+        for module in self._modules.values():
+            x = module(x)
+        return x

@@ -1,0 +1,42 @@
+"""The Squeeze-and-Excitation block as a layer, with the paper's ablation options."""
+import tinyse.functional as F
+from tinyse.nn.layers import Linear
+from tinyse.nn.module import Module
+from tinyse.ops.se import GATES
+
+SQUEEZES = ("avg", "max")
+
+
+class SEBlock(Module):
+    """Recalibrate the channels of U (N, C, H, W): U * gate(W2 relu(W1 squeeze(U))).
+
+    channels     C, the channels of the feature map it rescales
+    reduction    r: the hidden layer has max(1, C // r) units (the paper's default r = 16)
+    squeeze      "avg" (global average pooling, the paper's choice) or "max" (its ablation)
+    excitation   "sigmoid" (the paper's gate) or "tanh" / "relu" (its ablations)
+    The parameters are ``fc1`` (C -> C/r) and ``fc2`` (C/r -> C), each with a bias.
+    After a forward pass, ``gates`` holds the last gates (N, C) as a raw array,
+    for studying what the excitations learn.
+    """
+
+    def __init__(self, channels, reduction=16, squeeze="avg", excitation="sigmoid"):
+        super().__init__()
+        if squeeze not in SQUEEZES:
+            raise ValueError(f"unknown SE squeeze {squeeze!r}: choose one of {SQUEEZES}")
+        if excitation not in GATES:
+            raise ValueError(f"unknown SE excitation {excitation!r}: choose one of {GATES}")
+        self.channels, self.reduction = channels, reduction
+        self.squeeze, self.excitation = squeeze, excitation
+        self.hidden = max(1, channels // reduction)
+        self.fc1 = Linear(channels, self.hidden)
+        self.fc2 = Linear(self.hidden, channels)
+        self.gates = None
+
+    def forward(self, u):
+        z = F.se_squeeze(u) if self.squeeze == "avg" else F.global_max_pool2d(u)  # (N, C)
+        s = F.se_excite(z, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias, gate=self.excitation)
+        self.gates = s.data
+        return F.se_scale(u, s)
+
+    def extra_repr(self):
+        return f"{self.channels}, reduction={self.reduction} (hidden {self.hidden}), squeeze={self.squeeze}, excitation={self.excitation}"
