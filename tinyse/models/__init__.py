@@ -7,7 +7,7 @@ Every model takes ``se=None`` (plain) or SE options (see ``se_options``); the
 import builtins
 import functools
 
-from tinyse.models import resnet
+from tinyse.models import inception, resnet
 
 _FACTORIES = {}
 
@@ -44,3 +44,5 @@ register("se_resnet164", resnet.resnet_bottleneck, depth=164)
 # A small CIFAR ResNeXt-29: 3 bottlenecks per stage, cardinality 4, 8 channels per group at stage 1.
 register("resnext29_4x8d", resnet.resnet_bottleneck, depth=29, cardinality=4, group_width=8)
 register("se_resnext29_4x8d", resnet.resnet_bottleneck, depth=29, cardinality=4, group_width=8)
+register("inception", inception.CifarInception)
+register("se_inception", inception.CifarInception)

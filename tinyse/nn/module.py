@@ -15,6 +15,9 @@ from tinyse.backend import get_array_module, to_device
 from tinyse.tensor import Tensor
 
 
+_tracer = None  # when set (tinyse.summary does), every module call goes through it: _tracer(module, args)
+
+
 class Parameter(Tensor):
     """A Tensor that a Module trains: ``requires_grad`` is always on."""
 
@@ -56,8 +59,10 @@ class Module:
         self.__dict__.setdefault("_buffer_names", set()).add(name)
         self._buffers[name] = array
 
-    def __call__(self, *args, **kwargs):
-        return self.forward(*args, **kwargs)
+    def __call__(self, *args):
+        if _tracer is not None:
+            return _tracer(self, args)
+        return self.forward(*args)
 
     def forward(self, *args):
         raise NotImplementedError
