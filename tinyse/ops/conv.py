@@ -7,7 +7,8 @@ Notation
     G        groups: input and output channels split into G independent convolutions
     Cg, Og   C / G and O / G, the channels of one group
     KH, KW   kernel height and width
-    S, P     stride and zero padding (the same on both spatial axes)
+    S, P     stride and zero padding (the same on both spatial axes; the pools in
+             ``pool.py`` also take a stride (SH, SW) per axis)
     OH, OW   output height and width: OH = (H + 2P - KH) // S + 1
     K        Cg * KH * KW, the values one filter sees at one output pixel
 
@@ -28,9 +29,18 @@ def output_size(size, kernel, stride, padding):
     return (size + 2 * padding - kernel) // stride + 1
 
 
+def pair(value):
+    """One number for both spatial axes -> (value, value); a pair (tuple or list) stays a pair."""
+    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+
+
 def window(i, j, stride, oh, ow):
-    """Index of the (OH, OW) input pixels that kernel offset (i, j) meets, in a padded NCHW array."""
-    return (slice(None), slice(None), slice(i, i + stride * (oh - 1) + 1, stride), slice(j, j + stride * (ow - 1) + 1, stride))
+    """Index of the (OH, OW) input pixels that kernel offset (i, j) meets, in a padded NCHW array.
+
+    ``stride`` is S, or (SH, SW) per axis.
+    """
+    sh, sw = pair(stride)
+    return (slice(None), slice(None), slice(i, i + sh * (oh - 1) + 1, sh), slice(j, j + sw * (ow - 1) + 1, sw))
 
 
 def pad_hw(x, padding, value=0):
@@ -42,10 +52,10 @@ def pad_hw(x, padding, value=0):
 
 
 def check_window(name, x_shape, kernel, stride, padding):
-    """Errors for a 4-D input that a (KH, KW) window with this stride and padding cannot slide over."""
+    """Errors for a 4-D input that a (KH, KW) window with this stride (S or (SH, SW)) and padding cannot slide over."""
     if len(x_shape) != 4:
         raise ValueError(f"{name} expects input of shape (N, C, H, W), got {x_shape}")
-    if stride < 1 or padding < 0:
+    if min(pair(stride)) < 1 or padding < 0:
         raise ValueError(f"{name} needs stride >= 1 and padding >= 0, got stride={stride}, padding={padding}")
     kh, kw = kernel
     h, w = x_shape[2] + 2 * padding, x_shape[3] + 2 * padding

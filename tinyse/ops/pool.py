@@ -1,26 +1,24 @@
 """Pooling over (KH, KW) windows, NCHW: max, average, and global average/max.
 
-Notation as in ``conv.py``: windows of KH x KW, stride S, padding P, output OH x OW.
+Notation as in ``conv.py``: windows of KH x KW, stride (SH, SW), padding P, output OH x OW.
+The stride defaults to the kernel, axis by axis (KH x KW windows that tile the
+input), as in PyTorch.
 Both windowed pools loop over the KH*KW kernel offsets (i, j): the (OH, OW)
 pixels that offset (i, j) meets form one strided slice of the padded input.
 """
 import math
 
 from tinyse.backend import get_array_module
-from tinyse.ops.conv import check_window, output_size, pad_hw, window
+from tinyse.ops.conv import check_window, output_size, pad_hw, pair, window
 from tinyse.tensor import Function
-
-
-def _pair(size):
-    return (size, size) if isinstance(size, int) else tuple(size)
 
 
 class _Pool2d(Function):
     """What both windowed pools share: settings, checks, and the padded-gradient buffer."""
 
     def __init__(self, kernel_size, stride=None, padding=0):
-        self.kernel = _pair(kernel_size)
-        self.stride = self.kernel[0] if stride is None else stride
+        self.kernel = pair(kernel_size)  # (KH, KW)
+        self.stride = self.kernel if stride is None else pair(stride)  # (SH, SW)
         self.padding = padding
 
     def prepare(self, x, pad_value):
@@ -29,10 +27,10 @@ class _Pool2d(Function):
         check_window(name, x.shape, self.kernel, self.stride, self.padding)
         if self.padding > min(self.kernel) // 2:
             raise ValueError(f"{name}: padding={self.padding} must be at most half the kernel {self.kernel}")
-        kh, kw = self.kernel
+        (kh, kw), (sh, sw) = self.kernel, self.stride
         self.x_shape = x.shape
-        self.oh = output_size(x.shape[2], kh, self.stride, self.padding)
-        self.ow = output_size(x.shape[3], kw, self.stride, self.padding)
+        self.oh = output_size(x.shape[2], kh, sh, self.padding)
+        self.ow = output_size(x.shape[3], kw, sw, self.padding)
         return pad_hw(x, self.padding, pad_value)
 
     def offsets(self):

@@ -1,0 +1,337 @@
+"""conv2d: finite differences, PyTorch parity, the naive loop, im2col/col2im, dtypes, edges, errors.
+
+References are independent of the code under test: PyTorch (CPU, same dtype),
+central finite differences (tinyse.gradcheck, float64), the obvious loop
+``conv2d_naive``, and the inner-product identity that defines an adjoint.
+"""
+import re
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+import tinyse.functional as F
+from tinyse.backend import device_of, to_device
+from tinyse.gradcheck import gradcheck
+from tinyse.ops.conv import Conv2d, col2im, conv2d_naive, im2col, output_size
+from tinyse.tensor import Tensor
+
+from conftest import DEVICES, DTYPES, GRADCHECK_TOLERANCE, TORCH_TOLERANCE, random_array, rel_error
+
+NO_LIMIT = 10**9
+
+# torch is only the reference, on tiny tensors: one thread avoids OpenMP spinning when the
+# cores are shared (2 cores under load: ~40 s for these files with default threads, ~8 s with one)
+torch.set_num_threads(1)
+
+
+# --- random cases ------------------------------------------------------------------------
+@st.composite
+def conv_cases(draw, max_input=NO_LIMIT, max_weight=NO_LIMIT):
+    """A random valid conv2d setting: shapes of x, weight, bias, stride, padding, groups, seed.
+
+    Batch 1-4, channels 1-8, spatial 1-9, kernel 1-5 per axis (KH != KW allowed),
+    stride 1-3, padding 0-2; groups 1 (dense), any divisor of the channels
+    (grouped), or the channels themselves (depthwise). ``max_input`` /
+    ``max_weight`` cap the element counts (finite differences cost two forwards
+    per element); the caps shrink the ranges drawn, so no example is thrown away.
+    """
+    h, w = draw(st.integers(1, 9)), draw(st.integers(1, 9))
+    kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    stride, padding = draw(st.integers(1, 3)), draw(st.integers(0, 2))
+    assume(kh <= h + 2 * padding and kw <= w + 2 * padding)
+    c = draw(st.integers(1, max(1, min(8, max_input // (h * w)))))
+    kind = draw(st.sampled_from(["dense", "grouped", "depthwise"]))
+    if kind == "dense":
+        groups = 1
+    elif kind == "grouped":
+        groups = draw(st.sampled_from([g for g in range(1, c + 1) if c % g == 0]))
+    else:
+        groups = c
+    # c * kh * kw <= 8 * 25 = 200, so a weight cap of at least 200 always leaves og >= 1
+    og = draw(st.integers(1, max(1, min(8 // groups, max_weight // (c * kh * kw)))))  # output channels per group
+    n = draw(st.integers(1, max(1, min(4, max_input // (c * h * w)))))
+    return dict(
+        x_shape=(n, c, h, w),
+        weight_shape=(groups * og, c // groups, kh, kw),
+        bias=draw(st.booleans()),
+        stride=stride,
+        padding=padding,
+        groups=groups,
+        seed=draw(st.integers(0, 2**32 - 1)),
+    )
+
+
+def conv_arrays(case, dtype=np.float64):
+    """x, weight and (maybe) bias for a case, from np.random.default_rng(seed)."""
+    rng = np.random.default_rng(case["seed"])
+    x = random_array(rng, case["x_shape"], dtype)
+    weight = random_array(rng, case["weight_shape"], dtype)
+    bias = random_array(rng, case["weight_shape"][:1], dtype) if case["bias"] else None
+    return x, weight, bias
+
+
+# --- running one op in both libraries --------------------------------------------------------
+def compare_with_torch(tinyse_fn, torch_fn, arrays, device="cpu", seed=0):
+    """Run ``fn(*arrays)`` in tinyse (on ``device``) and in PyTorch (CPU); assert they agree.
+
+    Checks, at the dtype of the arrays: the forward output, the gradient of
+    every array for the same random upstream gradient (not ones), and that
+    tinyse keeps the dtype (output and gradients) and the device.
+    """
+    dtype = arrays[0].dtype
+    tolerance = TORCH_TOLERANCE[dtype.type]
+    ours = [Tensor(to_device(a, device), requires_grad=True) for a in arrays]
+    theirs = [torch.from_numpy(a.copy()).requires_grad_() for a in arrays]
+
+    y, y_ref = tinyse_fn(*ours), torch_fn(*theirs)
+    grad_out = np.random.default_rng(seed).standard_normal(tuple(y_ref.shape)).astype(dtype)
+    y.backward(to_device(grad_out, device))
+    y_ref.backward(torch.from_numpy(grad_out))
+
+    assert y.dtype == dtype and device_of(y.data) == device
+    assert rel_error(y.data, y_ref) < tolerance, "forward"
+    for i, (t, t_ref) in enumerate(zip(ours, theirs)):
+        assert t.grad.dtype == dtype and device_of(t.grad) == device, f"gradient {i}: dtype/device"
+        assert rel_error(t.grad, t_ref.grad) < tolerance, f"gradient {i}"
+
+
+def compare_conv(x, weight, bias, stride=1, padding=0, groups=1, device="cpu", seed=0):
+    """conv2d with and without bias, tinyse vs torch.nn.functional.conv2d."""
+    conv_args = dict(stride=stride, padding=padding, groups=groups)
+    if bias is None:
+        compare_with_torch(
+            lambda x, w: F.conv2d(x, w, None, **conv_args),
+            lambda x, w: torch.nn.functional.conv2d(x, w, None, **conv_args),
+            [x, weight], device, seed,
+        )
+    else:
+        compare_with_torch(
+            lambda x, w, b: F.conv2d(x, w, b, **conv_args),
+            lambda x, w, b: torch.nn.functional.conv2d(x, w, b, **conv_args),
+            [x, weight, bias], device, seed,
+        )
+
+
+def case_args(case):
+    return dict(stride=case["stride"], padding=case["padding"], groups=case["groups"])
+
+
+# --- 1. gradients against finite differences --------------------------------------------------
+@settings(max_examples=40)
+@given(case=conv_cases(max_input=300, max_weight=250))
+def test_conv2d_gradcheck(case):
+    """Analytic dL/dx, dL/dW, dL/db (with and without bias) match central finite differences."""
+    x, weight, bias = conv_arrays(case)
+    conv_args = case_args(case)
+    inputs = [x, weight] if bias is None else [x, weight, bias]
+    error = gradcheck(lambda *t: F.conv2d(*t, **conv_args), *inputs)
+    assert error < GRADCHECK_TOLERANCE
+
+
+def test_conv2d_gradcheck_depthwise_nonsquare():
+    """Finite differences on a fixed depthwise (groups == C, channel multiplier 2), 2x3-kernel, strided case."""
+    rng = np.random.default_rng(1)
+    x, weight, bias = random_array(rng, (2, 3, 6, 7)), random_array(rng, (6, 1, 2, 3)), random_array(rng, (6,))
+    error = gradcheck(lambda *t: F.conv2d(*t, stride=2, padding=1, groups=3), x, weight, bias)
+    assert error < GRADCHECK_TOLERANCE
+
+
+# --- 2. parity with PyTorch ----------------------------------------------------------------
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@settings(max_examples=80)
+@given(case=conv_cases())
+def test_conv2d_matches_torch(case, dtype, device):
+    """Random shapes/settings: output and all gradients equal PyTorch's (float64 1e-10, float32 1e-4)."""
+    x, weight, bias = conv_arrays(case, dtype)
+    compare_conv(x, weight, bias, **case_args(case), device=device, seed=case["seed"])
+
+
+CONV_TABLE = [
+    # (x shape, weight shape, stride, padding, groups)
+    pytest.param((2, 3, 8, 8), (4, 3, 3, 3), 1, 1, 1, id="3x3-same"),
+    pytest.param((2, 4, 9, 7), (6, 2, 3, 3), 2, 1, 2, id="groups2-stride2"),
+    pytest.param((3, 4, 6, 6), (4, 1, 3, 3), 1, 1, 4, id="depthwise"),
+    pytest.param((2, 3, 6, 6), (6, 1, 5, 5), 3, 2, 3, id="depthwise-multiplier2-5x5"),
+    pytest.param((2, 4, 7, 9), (5, 4, 2, 5), 2, 0, 1, id="nonsquare-2x5"),
+    pytest.param((1, 8, 5, 5), (8, 8, 1, 1), 1, 0, 1, id="pointwise-1x1"),
+    pytest.param((4, 8, 4, 6), (8, 2, 4, 1), 3, 2, 4, id="groups4-4x1-stride3"),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize("x_shape, weight_shape, stride, padding, groups", CONV_TABLE)
+def test_conv2d_table_matches_torch(x_shape, weight_shape, stride, padding, groups, with_bias, dtype, device):
+    """A fixed table of typical layers (same-padding, grouped, depthwise, 1x1, non-square) equals PyTorch."""
+    rng = np.random.default_rng(7)
+    x, weight = random_array(rng, x_shape, dtype), random_array(rng, weight_shape, dtype)
+    bias = random_array(rng, weight_shape[:1], dtype) if with_bias else None
+    compare_conv(x, weight, bias, stride, padding, groups, device)
+
+
+# --- 3. the obvious version equals the fast one ------------------------------------------------
+@settings(max_examples=60)
+@given(case=conv_cases())
+def test_conv2d_naive_equals_fast(case):
+    """conv2d_naive (a loop over output pixels) == F.conv2d (im2col + matmul), and both == torch."""
+    x, weight, bias = conv_arrays(case)
+    conv_args = case_args(case)
+    naive = conv2d_naive(x, weight, bias, **conv_args)
+    fast = F.conv2d(Tensor(x), Tensor(weight), None if bias is None else Tensor(bias), **conv_args).data
+    torch_bias = None if bias is None else torch.from_numpy(bias)
+    reference = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(weight), torch_bias, **conv_args)
+    assert rel_error(fast, naive) < TORCH_TOLERANCE[np.float64]
+    assert rel_error(naive, reference) < TORCH_TOLERANCE[np.float64]
+
+
+@settings(max_examples=60)
+@given(
+    n=st.integers(1, 4), c=st.integers(1, 8), h=st.integers(1, 9), w=st.integers(1, 9),
+    kh=st.integers(1, 5), kw=st.integers(1, 5), stride=st.integers(1, 3), padding=st.integers(0, 2),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_col2im_is_adjoint_of_im2col(n, c, h, w, kh, kw, stride, padding, seed):
+    """<im2col(x), cols> == <x, col2im(cols)> for random x and cols: col2im is im2col's transpose.
+
+    This is exactly what makes the backward of the convolution's input correct.
+    """
+    assume(kh <= h + 2 * padding and kw <= w + 2 * padding)
+    rng = np.random.default_rng(seed)
+    oh, ow = output_size(h, kh, stride, padding), output_size(w, kw, stride, padding)
+    x = rng.standard_normal((n, c, h, w))
+    cols = rng.standard_normal((c, kh, kw, n, oh, ow))
+
+    x_cols = im2col(x, kh, kw, stride, padding)
+    back = col2im(cols, x.shape, stride, padding)
+    assert x_cols.shape == cols.shape and back.shape == x.shape
+    lhs, rhs = np.vdot(x_cols, cols), np.vdot(x, back)
+    # Cauchy-Schwarz bounds both sides by |x_cols| |cols|: the scale of rounding errors
+    assert abs(lhs - rhs) <= 1e-12 * np.linalg.norm(x_cols) * np.linalg.norm(cols)
+
+
+def test_im2col_columns_are_receptive_fields():
+    """Each column of im2col is the padded receptive field it claims to be, read straight from x."""
+    rng = np.random.default_rng(3)
+    x, kh, kw, stride, padding = rng.standard_normal((2, 3, 7, 6)), 3, 2, 2, 1
+    cols = im2col(x, kh, kw, stride, padding)  # (C, KH, KW, N, OH, OW)
+    x_pad = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    for row in range(cols.shape[4]):
+        for col in range(cols.shape[5]):
+            field = x_pad[:, :, row * stride : row * stride + kh, col * stride : col * stride + kw]  # (N, C, KH, KW)
+            np.testing.assert_array_equal(cols[..., row, col], field.transpose(1, 2, 3, 0))
+
+
+# --- 4. dtypes ------------------------------------------------------------------------------
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_conv2d_keeps_dtype(dtype, with_bias):
+    """float32 in -> float32 output and gradients (x, W, b); float64 stays float64 (naive too).
+
+    Checked on the op's own backward too: autograd casts gradients to the input's
+    dtype, which would hide a backward that silently computes in float64.
+    """
+    rng = np.random.default_rng(4)
+    x = Tensor(random_array(rng, (2, 4, 5, 5), dtype), requires_grad=True)
+    weight = Tensor(random_array(rng, (6, 2, 3, 3), dtype), requires_grad=True)
+    bias = Tensor(random_array(rng, (6,), dtype), requires_grad=True) if with_bias else None
+    op = Conv2d(stride=2, padding=1, groups=2)
+    y = op(x, weight, bias)
+    grad_out = random_array(rng, y.shape, dtype)
+    assert y.dtype == dtype
+    assert all(g.dtype == dtype for g in op.backward(grad_out) if g is not None)
+    y.backward(grad_out)
+    assert x.grad.dtype == dtype and weight.grad.dtype == dtype
+    if with_bias:
+        assert bias.grad.dtype == dtype
+    assert conv2d_naive(x.data, weight.data, None if bias is None else bias.data, 2, 1, 2).dtype == dtype
+
+
+# --- 5. edge cases, each against PyTorch ----------------------------------------------------------
+CONV_EDGES = [
+    # (x shape, weight shape, stride, padding)
+    pytest.param((2, 3, 7, 7), (4, 3, 3, 3), 2, 0, id="7x7-k3-stride2-not-dividing"),
+    pytest.param((2, 3, 8, 8), (4, 3, 3, 3), 3, 0, id="8x8-k3-stride3-not-dividing"),
+    pytest.param((2, 3, 8, 8), (4, 3, 3, 3), 3, 1, id="8x8-k3-stride3-pad1"),
+    pytest.param((3, 4, 1, 1), (5, 4, 1, 1), 1, 0, id="1x1-map"),
+    pytest.param((2, 4, 1, 1), (5, 4, 3, 3), 1, 1, id="1x1-map-k3-pad1"),
+    pytest.param((2, 3, 5, 5), (4, 3, 5, 5), 1, 0, id="kernel-equals-input"),
+    pytest.param((2, 3, 3, 3), (4, 3, 5, 5), 2, 1, id="kernel-equals-padded-input"),
+    pytest.param((2, 3, 2, 4), (4, 3, 4, 5), 1, 1, id="kernel-equals-padded-nonsquare"),
+    pytest.param((1, 3, 6, 6), (2, 3, 3, 3), 1, 1, id="batch-1"),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("x_shape, weight_shape, stride, padding", CONV_EDGES)
+def test_conv2d_edge_cases_match_torch(x_shape, weight_shape, stride, padding, dtype, device):
+    """Strides that leave pixels over, 1x1 maps, a kernel as large as the padded input (1x1 output), batch 1."""
+    rng = np.random.default_rng(5)
+    x, weight = random_array(rng, x_shape, dtype), random_array(rng, weight_shape, dtype)
+    bias = random_array(rng, weight_shape[:1], dtype)
+    compare_conv(x, weight, bias, stride, padding, device=device)
+
+
+# --- 6. bad input: clear errors that name the shapes ---------------------------------------------
+def conv(x_shape, weight_shape, bias_shape=None, **conv_args):
+    """conv2d on zero tensors of the given shapes (only the argument checks matter here)."""
+    bias = None if bias_shape is None else Tensor(np.zeros(bias_shape))
+    return F.conv2d(Tensor(np.zeros(x_shape)), Tensor(np.zeros(weight_shape)), bias, **conv_args)
+
+
+def test_conv2d_error_channel_mismatch():
+    """Input channels that the weight does not expect: the error names both shapes and channel counts."""
+    with pytest.raises(ValueError, match=re.escape("input (2, 3, 5, 5) has 3 channels but weight (4, 2, 3, 3)")):
+        conv((2, 3, 5, 5), (4, 2, 3, 3))
+    with pytest.raises(ValueError, match=re.escape("weight (4, 2, 3, 3) with groups=2 expects 4")):
+        conv((2, 6, 5, 5), (4, 2, 3, 3), groups=2)
+
+
+def test_conv2d_error_groups_not_dividing():
+    """groups that do not divide the input (or output) channels: the error names groups and channels."""
+    with pytest.raises(ValueError, match=re.escape("groups=2 must divide both input channels 3 and output channels 4")):
+        conv((2, 3, 5, 5), (4, 1, 3, 3), groups=2)
+    with pytest.raises(ValueError, match=re.escape("groups=2 must divide both input channels 4 and output channels 3")):
+        conv((2, 4, 5, 5), (3, 2, 3, 3), groups=2)
+
+
+def test_conv2d_error_kernel_larger_than_padded_input():
+    """A kernel that does not fit in the padded input: the error gives both sizes and the input shape."""
+    message = "kernel 5x5 is larger than the padded input 4x4 (input (1, 2, 2, 2)"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        conv((1, 2, 2, 2), (3, 2, 5, 5), padding=1)
+    with pytest.raises(ValueError, match=re.escape("kernel 2x6 is larger than the padded input 5x5")):
+        conv((1, 2, 5, 5), (3, 2, 2, 6))
+
+
+def test_conv2d_error_input_not_4d():
+    """A 3-D input (a forgotten batch axis) is refused, naming its shape."""
+    with pytest.raises(ValueError, match=re.escape("expects input of shape (N, C, H, W), got (3, 5, 5)")):
+        conv((3, 5, 5), (4, 3, 3, 3))
+
+
+def test_conv2d_error_weight_not_4d():
+    """A 3-D weight is refused, naming its shape."""
+    with pytest.raises(ValueError, match=re.escape("expects weight of shape (O, C/groups, KH, KW), got (4, 3, 3)")):
+        conv((2, 3, 5, 5), (4, 3, 3))
+
+
+def test_conv2d_error_bias_shape_and_settings():
+    """A bias that is not (O,), and stride < 1 or padding < 0, are refused with the values given."""
+    with pytest.raises(ValueError, match=re.escape("bias must have shape (4,), got (3,)")):
+        conv((2, 3, 5, 5), (4, 3, 3, 3), bias_shape=(3,))
+    with pytest.raises(ValueError, match=re.escape("got stride=0, padding=0")):
+        conv((2, 3, 5, 5), (4, 3, 3, 3), stride=0)
+    with pytest.raises(ValueError, match=re.escape("got stride=1, padding=-1")):
+        conv((2, 3, 5, 5), (4, 3, 3, 3), padding=-1)
+
+
+def test_conv2d_naive_checks_arguments_too():
+    """The naive version refuses the same bad arguments with the same message."""
+    with pytest.raises(ValueError, match=re.escape("input (2, 3, 5, 5) has 3 channels but weight (4, 2, 3, 3)")):
+        conv2d_naive(np.zeros((2, 3, 5, 5)), np.zeros((4, 2, 3, 3)))
