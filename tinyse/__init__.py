@@ -2,7 +2,8 @@
 from tinyse import functional
 from tinyse.backend import gpu_available
 from tinyse.gradcheck import gradcheck
+from tinyse.summary import summary
 from tinyse.tensor import Function, Tensor, is_grad_enabled, no_grad
 
 __version__ = "0.1.0"
-__all__ = ["Function", "Tensor", "functional", "gpu_available", "gradcheck", "is_grad_enabled", "no_grad"]
+__all__ = ["Function", "Tensor", "functional", "gpu_available", "gradcheck", "is_grad_enabled", "no_grad", "summary"]
