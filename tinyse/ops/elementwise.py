@@ -4,6 +4,7 @@ When an input was broadcast in the forward pass (a bias of shape (C, 1, 1)
 added to (N, C, H, W)), its gradient is the upstream gradient summed over the
 broadcast axes: ``sum_to_shape`` does that.
 """
+from tinyse.backend import get_array_module
 from tinyse.tensor import Function
 
 
@@ -77,7 +78,11 @@ class Neg(Function):
 
 
 class PowConst(Function):
-    """y = x^p for a constant number p;  dL/dx = dL/dy * p * x^(p-1)."""
+    """y = x^p for a constant number p;  dL/dx = dL/dy * p * x^(p-1).
+
+    For p = 0, y = 1 is constant and dL/dx = 0 everywhere, also at x = 0 where
+    x^(p-1) = x^-1 is infinite (0 * inf would give nan), as in PyTorch.
+    """
 
     def __init__(self, exponent):
         self.exponent = exponent
@@ -87,4 +92,6 @@ class PowConst(Function):
         return x**self.exponent
 
     def backward(self, grad_out):
+        if self.exponent == 0:
+            return get_array_module(grad_out).zeros_like(self.x)
         return grad_out * self.exponent * self.x ** (self.exponent - 1)

@@ -1,17 +1,30 @@
 """Matrix products: ``matmul`` and the fully connected layer ``linear``."""
+import numpy as np
+
 from tinyse.ops.elementwise import sum_to_shape
 from tinyse.tensor import Function
+
+
+def _broadcastable(shape_a, shape_b):
+    try:
+        np.broadcast_shapes(shape_a, shape_b)
+        return True
+    except ValueError:
+        return False
 
 
 class MatMul(Function):
     """Y = A @ B (batch axes broadcast, as in np.matmul);  dL/dA = dL/dY @ B^T,  dL/dB = A^T @ dL/dY.
 
-    A: (..., n, k), B: (..., k, m) -> Y: (..., n, m).
+    A: (..., n, k), B: (..., k, m) -> Y: (..., n, m); the batch axes "..." broadcast
+    against each other (sizes equal or 1, missing leading axes count as 1).
     """
 
     def forward(self, a, b):
-        if a.ndim < 2 or b.ndim < 2 or a.shape[-1] != b.shape[-2]:
-            raise ValueError(f"matmul needs (..., n, k) @ (..., k, m), got {a.shape} @ {b.shape}")
+        if a.ndim < 2 or b.ndim < 2 or a.shape[-1] != b.shape[-2] or not _broadcastable(a.shape[:-2], b.shape[:-2]):
+            raise ValueError(
+                f"matmul needs (..., n, k) @ (..., k, m) with broadcastable batch axes, got {a.shape} @ {b.shape}"
+            )
         self.a, self.b = a, b
         return a @ b
 
