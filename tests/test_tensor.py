@@ -230,3 +230,18 @@ def test_methods_sum_mean_reshape_on_each_device(device):
     (x.sum(axis=1).mean() + x.reshape(6, 4).mean(axis=0).sum() * x.flatten().sum()).backward()
     (tx.sum(dim=1).mean() + tx.reshape(6, 4).mean(dim=0).sum() * tx.flatten(1).sum()).backward()
     assert rel_error(x.grad, tx.grad) < 1e-12
+
+
+def test_python_numbers_meet_tensors_and_each_other():
+    """Two numbers give a float32 tensor; a float number never truncates on an integer tensor."""
+    assert F.add(1, 2).dtype == np.float32 and F.add(1, 2).item() == 3
+    labels = Tensor(np.array([1, 2]))
+    assert np.array_equal((labels + 0.5).data, [1.5, 2.5])
+    assert ((labels * 2).data == np.array([2, 4])).all()
+
+
+def test_axis_out_of_range_is_a_clear_error():
+    with pytest.raises(ValueError, match="axis 0 is out of range for a tensor with 0 dimensions"):
+        F.sum(Tensor(np.array(1.0)), axis=0)
+    with pytest.raises(ValueError, match="axis 3 is out of range"):
+        Tensor(np.ones((2, 2))).mean(axis=3)

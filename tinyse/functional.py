@@ -13,12 +13,20 @@ def _data(x):
     return x.data if isinstance(x, Tensor) else x
 
 
+def _is_number(value):
+    return isinstance(value, (int, float))
+
+
 def _lift(a, b):
-    """Turn a Python number among (a, b) into a 0-d array of the other's dtype and device."""
+    """Turn a Python number among (a, b) into a 0-d array of the other's dtype and device (float32 if both are numbers)."""
+    if _is_number(a) and _is_number(b):
+        return Tensor(a), Tensor(b)
+
     def lift(value, other):
-        if isinstance(value, (int, float)):
+        if _is_number(value):
             other = _data(other)
-            return get_array_module(other).asarray(value, dtype=other.dtype)
+            dtype = other.dtype if other.dtype.kind == "f" else None  # integer labels + 0.5 is not an integer
+            return get_array_module(other).asarray(value, dtype=dtype)
         return value
 
     return lift(a, b), lift(b, a)
