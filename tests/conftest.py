@@ -7,6 +7,7 @@ GPU tests are parametrised with ``device`` and skip cleanly without CuPy or CUDA
 """
 import numpy as np
 import pytest
+import torch
 from hypothesis import HealthCheck, settings
 
 from tinyse.backend import gpu_available, to_device
@@ -15,6 +16,10 @@ settings.register_profile(
     "tinyse", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
 )
 settings.load_profile("tinyse")
+
+# PyTorch is only the reference here, on small tensors: one thread keeps its pool from
+# fighting NumPy's BLAS for the cores (several times slower on a busy 2-core machine).
+torch.set_num_threads(1)
 
 TORCH_TOLERANCE = {np.float64: 1e-10, np.float32: 1e-4}
 GRADCHECK_TOLERANCE = 1e-6

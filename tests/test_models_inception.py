@@ -30,16 +30,6 @@ ARCHITECTURE = [
 TOLERANCE = {np.float64: 1e-8, np.float32: 1e-3}  # relative error per tensor
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Run PyTorch on one thread here: on a busy machine (parallel test runs) its thread pool
-    made these small float64 passes ~50x slower; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # --- the PyTorch twin ----------------------------------------------------------------------------
 class ConvBNReLU(nn.Module):
     def __init__(self, cin, cout, k):

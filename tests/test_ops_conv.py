@@ -22,9 +22,6 @@ from conftest import DEVICES, DTYPES, GRADCHECK_TOLERANCE, TORCH_TOLERANCE, rand
 
 NO_LIMIT = 10**9
 
-# torch is only the reference, on tiny tensors: one thread avoids OpenMP spinning when the
-# cores are shared (2 cores under load: ~40 s for these files with default threads, ~8 s with one)
-torch.set_num_threads(1)
 
 
 # --- random cases ------------------------------------------------------------------------

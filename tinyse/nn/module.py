@@ -39,11 +39,16 @@ class Module:
             raise RuntimeError(f"call super().__init__() in {type(self).__name__}.__init__ before assigning attributes")
         for registry in (self._parameters, self._buffers, self._modules):
             registry.pop(name, None)
+        registered = isinstance(value, (Parameter, Module)) or name in self.__dict__.get("_buffer_names", ())
+        if registered:
+            # a plain attribute of that name (``self.bias = None`` earlier) would shadow the
+            # registries, which ``__getattr__`` only reaches when normal lookup fails
+            self.__dict__.pop(name, None)
         if isinstance(value, Parameter):
             self._parameters[name] = value
         elif isinstance(value, Module):
             self._modules[name] = value
-        elif name in self.__dict__.get("_buffer_names", ()):
+        elif registered:
             self._buffers[name] = value
         else:
             object.__setattr__(self, name, value)
@@ -57,6 +62,7 @@ class Module:
     def register_buffer(self, name, array):
         """Keep ``array`` as state of this module (saved and moved with it, never trained)."""
         self.__dict__.setdefault("_buffer_names", set()).add(name)
+        self.__dict__.pop(name, None)  # a plain attribute of that name would shadow the buffer
         self._buffers[name] = array
 
     def __call__(self, *args):
@@ -68,11 +74,15 @@ class Module:
         raise NotImplementedError
 
     # --- walking the tree ------------------------------------------------------------------
-    def named_modules(self, prefix=""):
-        """(dotted name, module) for this module and every module below it, depth first."""
+    def named_modules(self, prefix="", seen=None):
+        """(dotted name, module) for this module and every module below it, depth first, each module once."""
+        seen = set() if seen is None else seen
+        if id(self) in seen:
+            return
+        seen.add(id(self))
         yield prefix, self
         for name, child in self._modules.items():
-            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+            yield from child.named_modules(f"{prefix}.{name}" if prefix else name, seen)
 
     def modules(self):
         return (module for _, module in self.named_modules())
@@ -138,7 +148,9 @@ class Module:
         if isinstance(state, (str, os.PathLike)):
             with np.load(state) as archive:
                 return self.load_state_dict(dict(archive))
-        state = {k: np.asarray(v) for k, v in state.items()}
+        # np.array copies: the model must never share memory with the caller's arrays (v.numpy() of a
+        # torch tensor is a view, and training updates batch norm's running statistics in place)
+        state = {k: np.array(v) for k, v in state.items()}
         own = dict(self.state_dict())
         missing, unexpected = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
         if missing or unexpected:

@@ -23,6 +23,8 @@ class SEBlock(Module):
         super().__init__()
         if squeeze not in SQUEEZES:
             raise ValueError(f"unknown SE squeeze {squeeze!r}: choose one of {SQUEEZES}")
+        if reduction < 1:
+            raise ValueError(f"SE reduction ratio must be at least 1, got {reduction}")
         if excitation not in GATES:
             raise ValueError(f"unknown SE excitation {excitation!r}: choose one of {GATES}")
         self.channels, self.reduction = channels, reduction
