@@ -23,7 +23,6 @@ from conftest import DEVICES, DTYPES, GRADCHECK_TOLERANCE, TORCH_TOLERANCE, rand
 NO_LIMIT = 10**9
 
 
-
 # --- random cases ------------------------------------------------------------------------
 @st.composite
 def conv_cases(draw, max_input=NO_LIMIT, max_weight=NO_LIMIT):

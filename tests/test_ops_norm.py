@@ -9,56 +9,15 @@ dtype discipline (float32 running stats stay float32), and clear errors.
 import numpy as np
 import pytest
 import torch
-from hypothesis import assume, currently_in_test_context, example, given
+from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
 import tinyse.functional as F
 from tinyse import Tensor, gradcheck
 from tinyse.backend import to_device
-from conftest import DEVICES, DTYPES, GRADCHECK_TOLERANCE, TORCH_TOLERANCE, rel_error
+from conftest import DEVICES, DTYPES, GRADCHECK_TOLERANCE, TORCH_TOLERANCE, assert_matches_torch, rel_error
 
 seeds = st.integers(0, 2**32 - 1)
-
-
-def torch_run(torch_fn, arrays, upstream):
-    """torch's output and the gradient of every array (None for None), all as NumPy arrays."""
-    tensors = [None if a is None else torch.tensor(a, requires_grad=True) for a in arrays]
-    out = torch_fn(*tensors)
-    out.backward(torch.from_numpy(upstream))
-    return [out.detach().numpy()] + [None if t is None else t.grad.numpy() for t in tensors]
-
-
-def assert_matches_torch(tinyse_fn, torch_fn, arrays, device="cpu", seed=0):
-    """Run tinyse (on ``device``) and torch (on the CPU) on the same float arrays (None passes as None);
-    the output and every array's gradient must agree to TORCH_TOLERANCE and keep the arrays' dtype.
-
-    Both backward passes start from the same random upstream gradient (not ones: errors cannot cancel).
-    A float32 example drawn by hypothesis is skipped (``assume``) when torch's own float32 result is off its
-    float64 result by more than a tenth of the tolerance: such cancellation no float32 code avoids.
-    """
-    dtype = next(a.dtype for a in arrays if a is not None)
-    tolerance = TORCH_TOLERANCE[dtype.type]
-    ours = [None if a is None else Tensor(to_device(a, device), requires_grad=True) for a in arrays]
-    out = tinyse_fn(*ours)
-    upstream = np.random.default_rng([seed, 1]).standard_normal(out.shape).astype(dtype)  # a stream of its own
-    expected = torch_run(torch_fn, arrays, upstream)
-    if dtype == np.float32:
-        exact = torch_run(
-            torch_fn, [None if a is None else a.astype(np.float64) for a in arrays], upstream.astype(np.float64)
-        )
-        well_conditioned = all(e is None or rel_error(e, x) < tolerance / 10 for e, x in zip(expected, exact))
-        if currently_in_test_context():
-            assume(well_conditioned)
-        else:  # a fixed example must be chosen well-conditioned
-            assert well_conditioned, "this float32 example is ill-conditioned (torch float32 != float64)"
-    assert out.dtype == dtype and out.device == device
-    assert rel_error(out.data, expected[0]) < tolerance, "forward differs from torch"
-    out.backward(to_device(upstream, device))
-    for i, (t, e) in enumerate(zip(ours, expected[1:])):
-        if t is not None:
-            assert t.grad.dtype == dtype, f"gradient of input {i} has dtype {t.grad.dtype}"
-            assert rel_error(t.grad, e) < tolerance, f"gradient of input {i} differs from torch"
-    return out, ours
 
 
 @st.composite

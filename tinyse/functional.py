@@ -18,7 +18,10 @@ def _is_number(value):
 
 
 def _lift(a, b):
-    """Turn a Python number among (a, b) into a 0-d array of the other's dtype and device (float32 if both are numbers)."""
+    """Turn a Python number among (a, b) into a 0-d array of the other's dtype and device.
+
+    Two numbers become float32 tensors.
+    """
     if _is_number(a) and _is_number(b):
         return Tensor(a), Tensor(b)
 

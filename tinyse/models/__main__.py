@@ -16,7 +16,8 @@ from tinyse.summary import INPUT_SHAPE, comparison_table, summary
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m tinyse.models",
-        description="List the models, or print a model's layers, output shapes, parameters and multiply-adds at input (1, 3, 32, 32).",
+        description="List the models, or print a model's layers, output shapes, parameters and multiply-adds "
+        "at input (1, 3, 32, 32).",
     )
     parser.add_argument("model", nargs="?", help="a model name: " + ", ".join(models.list()))
     parser.add_argument("--reduction", type=int, help="SE reduction ratio r (se_ models)")

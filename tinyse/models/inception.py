@@ -12,7 +12,8 @@ module | global average pooling | linear.
 """
 import tinyse.functional as F
 from tinyse.models import se_options
-from tinyse.nn import BatchNorm2d, Conv2d, GlobalAvgPool2d, Linear, MaxPool2d, Module, Sequential, init
+from tinyse.models.resnet import init_convs
+from tinyse.nn import BatchNorm2d, Conv2d, GlobalAvgPool2d, Linear, MaxPool2d, Module, Sequential
 
 
 class ConvBNReLU(Module):
@@ -80,9 +81,7 @@ class CifarInception(Module):
         self.features = Sequential(*layers)
         self.pool = GlobalAvgPool2d()
         self.fc = Linear(channels, num_classes)
-        for module in self.modules():
-            if isinstance(module, Conv2d):
-                module.weight.data = init.kaiming_normal(module.weight.shape, mode="fan_out")
+        init_convs(self)
 
     def forward(self, x):
         return self.fc(self.pool(self.features(self.stem(x))))

@@ -39,6 +39,16 @@ class ShortcutA(Module):
         return f"{self.in_channels} -> {self.out_channels}, stride={self.stride}, zero-padded channels"
 
 
+def init_convs(model):
+    """Kaiming-normal (fan_out) weights for every conv of ``model``, as torchvision's ResNet does.
+
+    Batch norms already start at weight 1, bias 0; linear layers keep PyTorch's default.
+    """
+    for module in model.modules():
+        if isinstance(module, Conv2d):
+            module.weight.data = init.kaiming_normal(module.weight.shape, mode="fan_out")
+
+
 def make_shortcut(in_channels, out_channels, stride, kind):
     """Identity when shapes agree; else option "A" (subsample + zero pad) or "B" (1x1 conv + batch norm)."""
     if stride == 1 and in_channels == out_channels:
@@ -133,9 +143,7 @@ class CifarResNet(Module):
             setattr(self, f"layer{stage}", Sequential(*units))
         self.pool = GlobalAvgPool2d()
         self.fc = Linear(channels, num_classes)
-        for module in self.modules():
-            if isinstance(module, Conv2d):
-                module.weight.data = init.kaiming_normal(module.weight.shape, mode="fan_out")
+        init_convs(self)
 
     def forward(self, x):
         x = F.relu(self.bn1(self.conv1(x)))

@@ -14,7 +14,9 @@ class Conv2d(Module):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, groups=1, bias=True):
         super().__init__()
         if in_channels % groups or out_channels % groups:
-            raise ValueError(f"Conv2d: groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}")
+            raise ValueError(
+                f"Conv2d: groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}"
+            )
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.padding, self.groups = kernel_size, stride, padding, groups
         shape = (out_channels, in_channels // groups, kernel_size, kernel_size)
@@ -27,8 +29,8 @@ class Conv2d(Module):
     def extra_repr(self):
         groups = f", groups={self.groups}" if self.groups != 1 else ""
         bias = "" if self.bias is not None else ", bias=False"
-        k = self.kernel_size
-        return f"{self.in_channels}, {self.out_channels}, kernel_size={k}x{k}, stride={self.stride}, padding={self.padding}{groups}{bias}"
+        k, channels = self.kernel_size, f"{self.in_channels}, {self.out_channels}"
+        return f"{channels}, kernel_size={k}x{k}, stride={self.stride}, padding={self.padding}{groups}{bias}"
 
 
 class Linear(Module):

@@ -41,4 +41,5 @@ class SEBlock(Module):
         return F.se_scale(u, s)
 
     def extra_repr(self):
-        return f"{self.channels}, reduction={self.reduction} (hidden {self.hidden}), squeeze={self.squeeze}, excitation={self.excitation}"
+        reduction = f"reduction={self.reduction} (hidden {self.hidden})"
+        return f"{self.channels}, {reduction}, squeeze={self.squeeze}, excitation={self.excitation}"

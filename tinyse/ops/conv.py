@@ -116,7 +116,8 @@ class Conv2d(Function):
         self.stride, self.padding, self.groups = stride, padding, groups
 
     def forward(self, x, weight, bias=None):
-        check_conv2d(x.shape, weight.shape, None if bias is None else bias.shape, self.stride, self.padding, self.groups)
+        bias_shape = None if bias is None else bias.shape
+        check_conv2d(x.shape, weight.shape, bias_shape, self.stride, self.padding, self.groups)
         n, g = x.shape[0], self.groups
         o, cg, kh, kw = weight.shape
         cols = im2col(x, kh, kw, self.stride, self.padding)  # (C, KH, KW, N, OH, OW)
@@ -166,7 +167,9 @@ def conv2d_naive(x, weight, bias=None, stride=1, padding=0, groups=1):
             for group in range(groups):
                 inputs = patch[:, group * cg : (group + 1) * cg]  # (N, Cg, KH, KW)
                 filters = weight[group * og : (group + 1) * og]  # (Og, Cg, KH, KW)
-                y[:, group * og : (group + 1) * og, row, col] = xp.tensordot(inputs, filters, axes=([1, 2, 3], [1, 2, 3]))
+                # y[n, o] = sum over (c, i, j) of inputs[n, c, i, j] * filters[o, c, i, j]
+                products = xp.tensordot(inputs, filters, axes=([1, 2, 3], [1, 2, 3]))  # (N, Og)
+                y[:, group * og : (group + 1) * og, row, col] = products
     if bias is not None:
         y += bias.reshape(1, o, 1, 1)
     return y
