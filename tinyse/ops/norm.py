@@ -70,8 +70,8 @@ class BatchNorm(Function):
         if x.ndim not in (2, 4):
             raise ValueError(f"batch_norm expects input of shape (N, C) or (N, C, H, W), got {x.shape}")
         c = x.shape[1]
-        named = [("weight", gamma), ("bias", beta), ("running_mean", self.running_mean), ("running_var", self.running_var)]
-        for name, array in named:
+        arrays = {"weight": gamma, "bias": beta, "running_mean": self.running_mean, "running_var": self.running_var}
+        for name, array in arrays.items():
             if array is not None and array.shape != (c,):
                 raise ValueError(f"batch_norm: {name} must have shape ({c},) for input {x.shape}, got {array.shape}")
         if self.training and x.size // c < 2:
