@@ -210,7 +210,7 @@ def _download(spec, root, progress):
     try:
         try:
             md5 = download_url(spec["url"], partial, progress)
-        except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError) as error:
+        except (OSError, http.client.HTTPException) as error:  # URLError, timeouts, refused connections
             reason = getattr(error, "reason", error)
             raise DataNotFoundError(
                 _not_found_message(spec, root, f"and downloading {spec['url']} failed: {reason}")
