@@ -25,6 +25,7 @@ from tinyse.nn import BatchNorm2d, Conv2d, SEBlock, manual_seed
 from tinyse.tensor import Tensor
 
 from conftest import DEVICES, rel_error
+from torch_twins import TorchSE
 
 TORCH_DTYPE = {np.float64: torch.float64, np.float32: torch.float32}
 MODEL_TOLERANCE = {np.float64: 1e-8, np.float32: 1e-3}  # whole models: per tensor, as the issue asks
@@ -39,23 +40,6 @@ PAPER_SE = {"reduction": 16, "squeeze": "avg", "excitation": "sigmoid", "integra
 
 
 # --- PyTorch twins, written from the papers -----------------------------------------------------
-class TorchSE(tnn.Module):
-    """U * gate(fc2(relu(fc1(squeeze(U))))) with max(1, C // r) hidden units (Hu et al., Sec. 3)."""
-
-    def __init__(self, channels, reduction=16, squeeze="avg", excitation="sigmoid"):
-        super().__init__()
-        self.squeeze, self.excitation = squeeze, excitation
-        hidden = max(1, channels // reduction)
-        self.fc1 = tnn.Linear(channels, hidden)
-        self.fc2 = tnn.Linear(hidden, channels)
-
-    def forward(self, u):
-        z = u.mean(dim=(2, 3)) if self.squeeze == "avg" else u.amax(dim=(2, 3))
-        a = self.fc2(torch.relu(self.fc1(z)))
-        s = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "relu": torch.relu}[self.excitation](a)
-        return u * s[:, :, None, None]
-
-
 class TorchShortcutA(tnn.Module):
     """He et al.'s option A: keep every stride-th pixel, zero-pad the new channels half before, half after."""
 

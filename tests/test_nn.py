@@ -37,6 +37,7 @@ from tinyse.nn import (
 from tinyse.tensor import Tensor
 
 from conftest import DEVICES, TORCH_TOLERANCE, distinct_values, rel_error, requires_gpu
+from torch_twins import TorchSE
 
 TORCH_DTYPE = {np.float64: torch.float64, np.float32: torch.float32}
 # (dtype, device) pairs: float64 on the CPU, float32 on every device (tinyse there, torch on the CPU)
@@ -47,25 +48,6 @@ DTYPE_DEVICES = [(np.float64, "cpu")] + [
 
 
 # --- PyTorch twins and helpers ----------------------------------------------------------------
-class TorchSE(tnn.Module):
-    """The paper's SE block in PyTorch: U * gate(fc2(relu(fc1(squeeze(U))))), hidden width max(1, C // r)."""
-
-    def __init__(self, channels, reduction=16, squeeze="avg", excitation="sigmoid"):
-        super().__init__()
-        self.squeeze, self.excitation = squeeze, excitation
-        hidden = max(1, channels // reduction)
-        self.fc1 = tnn.Linear(channels, hidden)
-        self.fc2 = tnn.Linear(hidden, channels)
-
-    def gates(self, u):
-        z = u.mean(dim=(2, 3)) if self.squeeze == "avg" else u.amax(dim=(2, 3))
-        a = self.fc2(torch.relu(self.fc1(z)))
-        return {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "relu": torch.relu}[self.excitation](a)
-
-    def forward(self, u):
-        return u * self.gates(u)[:, :, None, None]
-
-
 class TorchGlobalAvgPool(tnn.Module):
     def forward(self, x):
         return x.mean(dim=(2, 3))
