@@ -4,7 +4,6 @@ Quick mode (TINYSE_LESSONS_QUICK=1) shrinks data and step counts; a failing
 cell fails the test with the cell's error. The lessons find CIFAR-10 through
 TINYSE_DATA, like the package.
 """
-import os
 from pathlib import Path
 
 import nbformat

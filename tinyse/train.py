@@ -32,7 +32,7 @@ import numpy as np
 
 import tinyse.functional as F
 from tinyse import models
-from tinyse.backend import get_array_module, module_for_device
+from tinyse.backend import module_for_device
 from tinyse.checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from tinyse.data import BatchLoader, DataError, load_cifar, random_stream, split_validation
 from tinyse.models import se_options
