@@ -43,7 +43,7 @@ from tinyse.optim import SGD, make_schedule
 from tinyse.progress import Progress
 from tinyse.tensor import no_grad
 
-SE_OPTIONS = ("reduction", "squeeze", "excitation", "integration")
+SE_OPTIONS = ("reduction", "squeeze", "excitation", "integration", "stages")
 
 
 def parse_args(argv=None):
@@ -75,6 +75,7 @@ def parse_args(argv=None):
     add("--squeeze", choices=SQUEEZES)
     add("--excitation", choices=GATES)
     add("--integration", choices=se_options.INTEGRATIONS)
+    add("--stages", type=int, nargs="+", choices=(1, 2, 3), help="the stages that get SE (default all: 1 2 3)")
     return parser.parse_args(argv)
 
 

@@ -1,0 +1,123 @@
+"""python -m tinyse.bench: the rows, the alternating timing loop, the report it prints and writes, the
+PyTorch twins, and the memory processes. Tiny batches and repeats; nothing here asserts on speed."""
+import itertools
+import json
+import statistics
+
+import numpy as np
+import pytest
+import torch
+from conftest import DEVICES, rel_error
+
+from tinyse import bench, models
+from tinyse.backend import gpu_available, to_device
+from tinyse.tensor import Tensor
+
+
+def test_rows_cover_every_op_at_every_stage_and_both_models():
+    rows = bench.build_rows(batch=128)
+    labels = [row.label for row in rows]
+    assert len(labels) == len(set(labels)) == 6 * 3 + 4
+    for op in ("conv3x3 fwd", "conv3x3 fwd+bwd", "batchnorm fwd+bwd", "relu fwd+bwd", "se_block fwd+bwd",
+               "global_avgpool fwd+bwd"):
+        for shape in ("128x16x32x32", "128x32x16x16", "128x64x8x8"):
+            assert f"{op} {shape}" in labels
+    for model in ("resnet20", "se_resnet20"):
+        assert f"{model} train step 128x3x32x32" in labels
+        assert f"{model} eval fwd 256x3x32x32" in labels
+
+
+def test_timing_alternates_drops_the_warmup_and_times_each_call():
+    calls, now = [], [0.0]
+    durations = itertools.count(1)  # the k-th call lasts k seconds on the fake clock
+
+    def library(name):
+        def call():
+            calls.append(name)
+            now[0] += next(durations)
+        return call
+
+    syncs = {"tinyse": lambda: calls.append("sync"), "torch": lambda: calls.append("sync")}
+    times = bench.time_alternating({"tinyse": library("tinyse"), "torch": library("torch")}, warmup=2, repeats=3,
+                                   syncs=syncs, clock=lambda: now[0])
+    assert calls == ["sync", "tinyse", "sync", "sync", "torch", "sync"] * 5  # synchronised before each clock read
+    assert times == {"tinyse": [5, 7, 9], "torch": [6, 8, 10]}  # calls 1-4 were the two warm-up rounds
+
+
+def test_summary_takes_medians_and_their_ratio():
+    result = bench.summarise("relu fwd+bwd", (8, 16, 4, 4), {"tinyse": [3.0, 1.0, 2.0], "torch": [4.0, 8.0, 6.0]})
+    assert result["tinyse"]["median_s"] == 2.0 and result["torch"]["median_s"] == 6.0
+    assert result["ratio"] == 2.0 / 6.0
+    assert result["tinyse"]["images_per_s"] == 8 / 2.0
+
+
+def test_quick_run_writes_the_report(tmp_path, capsys):
+    path = tmp_path / "bench.json"
+    threads = torch.get_num_threads()
+    printed = bench.main(["--quick", "--batch", "2", "--threads", "1", "--only", r"relu|global_avgpool.*x8x8|train",
+                          "--json", str(path)])
+    assert torch.get_num_threads() == threads  # main() puts torch's thread count back
+    report = json.loads(path.read_text())
+    assert report == json.loads(json.dumps(printed))
+    header_keys = {"date", "machine", "cores", "numpy", "blas", "blas_threads", "torch", "threads", "device"}
+    assert header_keys <= report["header"].keys()
+    assert report["header"]["threads"] == 1 and report["header"]["device"] == "cpu"
+    assert [(row["name"], row["shape"]) for row in report["rows"]] == [
+        ("relu fwd+bwd", [2, 16, 32, 32]),
+        ("relu fwd+bwd", [2, 32, 16, 16]),
+        ("relu fwd+bwd", [2, 64, 8, 8]),
+        ("global_avgpool fwd+bwd", [2, 64, 8, 8]),
+        ("resnet20 train step", [2, 3, 32, 32]),
+        ("se_resnet20 train step", [2, 3, 32, 32]),
+    ]
+    for row in report["rows"]:
+        for library in ("tinyse", "torch"):
+            timing = row[library]
+            assert len(timing["times_s"]) == 3  # --quick: 3 repeats
+            assert timing["median_s"] == statistics.median(timing["times_s"])
+            assert timing["images_per_s"] == pytest.approx(row["batch"] / timing["median_s"])
+        assert row["ratio"] == pytest.approx(row["tinyse"]["median_s"] / row["torch"]["median_s"])
+    train = {row["name"]: row for row in report["rows"][-2:]}
+    for library in ("tinyse", "torch"):
+        se, plain = train["se_resnet20 train step"][library], train["resnet20 train step"][library]
+        expected = se["median_s"] / plain["median_s"]
+        assert report["se_overhead"]["train step"][library] == pytest.approx(expected)
+    assert report["memory"] is None  # the pattern does not match "memory"
+    table = capsys.readouterr().out
+    assert "relu fwd+bwd" in table and "2x64x8x8" in table and "SE overhead" in table
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_every_op_row_runs_on_each_device(device, tmp_path):
+    if device == "gpu" and not torch.cuda.is_available():
+        pytest.skip("torch has no CUDA")
+    report = bench.main(["--device", device, "--batch", "2", "--threads", "1", "--warmup", "0", "--repeats", "1",
+                         "--only", r"x8x8$", "--no-memory"])
+    assert len(report["rows"]) == 6 and report["header"]["device"] == device
+
+
+@pytest.mark.skipif(gpu_available(), reason="checks the error on a machine without a GPU")
+def test_gpu_without_a_gpu_is_a_clear_error():
+    with pytest.raises(SystemExit, match="device 'gpu'"):
+        bench.main(["--device", "gpu", "--only", "relu"])
+
+
+@pytest.mark.parametrize("name", bench.MODELS)
+def test_torch_twin_computes_what_the_tinyse_model_computes(name):
+    images = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    ours, twin = models.create(name, num_classes=10, seed=0), bench.torch_twin_model(name)
+    for mode in ("train", "eval"):
+        getattr(ours, mode)(), getattr(twin, mode)()
+        with torch.no_grad():
+            expected = twin(torch.from_numpy(images))
+        assert rel_error(to_device(ours(Tensor(images)).data, "cpu"), expected) < 1e-4, mode
+
+
+def test_memory_is_measured_in_fresh_processes():
+    report = bench.main(["--quick", "--batch", "2", "--threads", "1", "--only", "memory"])
+    assert report["rows"] == []
+    memory = report["memory"]
+    for library in ("tinyse", "torch"):
+        assert memory[library]["library"] == library and memory[library]["model"] == "se_resnet20"
+        assert memory[library]["peak_bytes"] >= memory[library]["baseline_bytes"] > 0
+    assert not memory["tinyse"]["torch_imported"]  # the tinyse process pays for no torch

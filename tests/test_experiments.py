@@ -1,0 +1,216 @@
+"""python -m tinyse.experiments: the sweep, its results, skipping and resuming runs, the statistics, bad input.
+
+Training runs use a fabricated CIFAR-10 (tests/test_data.py's helper: 100 training
+and 20 test images) and a one-step budget; the statistics are checked on run
+folders written by hand, with accuracies chosen to make the reading go each way.
+"""
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_data import make_cifar10_folder
+
+from tinyse import experiments, models
+from tinyse import train as train_module
+from tinyse.nn import SEBlock
+
+TINY = {"epochs": 1, "train_subset": 32, "test_subset": 20, "batch_size": 32}
+
+
+@pytest.fixture
+def fake_cifar10(tmp_path):
+    make_cifar10_folder(tmp_path / "data", per_batch=20)
+    return tmp_path
+
+
+def run_compare(root, seeds=(0, 1), train=None, **recipe):
+    return experiments.run_experiment(
+        "compare", "resnet20", experiments.compare_variants("resnet20"), seeds, str(root / "exp"),
+        dict(TINY, **recipe), data_dir=str(root / "data"), progress=False, train=train,
+    )
+
+
+def test_compare_writes_one_entry_per_variant_and_seed(fake_cifar10):
+    stopped, results = run_compare(fake_cifar10)
+    out = fake_cifar10 / "exp"
+    assert not stopped
+    assert [(r["variant"], r["seed"]) for r in results["runs"]] == [
+        ("resnet20", 0), ("resnet20", 1), ("se_resnet20", 0), ("se_resnet20", 1)]
+    assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(results))
+    for run in results["runs"]:
+        rows = train_module.read_metrics(run["folder"])
+        assert run["test_acc"] == rows[-1]["test_acc"] and run["train_seconds"] == rows[-1]["seconds"] > 0
+        assert run["params"] == models.create(run["model"]).num_parameters()
+        assert run["recipe"]["epochs"] == 1 and run["recipe"]["train_subset"] == 32 and run["recipe"]["val_split"] == 0
+        assert run["recipe"]["schedule"] == "cosine"
+    plain, se = results["stats"]["resnet20"], results["stats"]["se_resnet20"]
+    assert se["params"] > plain["params"] and se["macs"] > plain["macs"]
+    assert results["runs"][2]["se"]["reduction"] == 16 and results["runs"][0]["se"] is None
+    markdown = (out / "results.md").read_text()
+    assert "| resnet20 | 2 |" in markdown and "| se_resnet20 − resnet20 | 2 |" in markdown
+    assert results["differences"][0]["reading"] in markdown
+
+
+def test_finished_runs_are_skipped_and_an_interrupted_one_resumes(fake_cifar10):
+    run_compare(fake_cifar10, seeds=[0], epochs=2)
+    out = fake_cifar10 / "exp"
+    metrics = {p: p.stat().st_mtime_ns for p in out.glob("*/seed0/metrics.jsonl")}
+    assert len(metrics) == 2
+
+    def must_not_train(config, stop_after_steps=None):
+        raise AssertionError(f"retrained {config['out']}")
+
+    _, again = run_compare(fake_cifar10, seeds=[0], epochs=2, train=must_not_train)
+    assert {p: p.stat().st_mtime_ns for p in metrics} == metrics
+    assert len(again["runs"]) == 2
+
+    # seed 1: the SE run is stopped (as Ctrl-C would) mid-way; the next call resumes it and leaves the rest alone
+    calls = []
+
+    def stop_the_se_run(config, stop_after_steps=None):
+        calls.append((Path(config["out"]).parent.name, bool(config.get("resumed"))))
+        return train_module.train(config, stop_after_steps=1 if config["model"] == "se_resnet20" else None)
+
+    stopped, partial = run_compare(fake_cifar10, seeds=[0, 1], epochs=2, train=stop_the_se_run)
+    assert stopped and calls == [("resnet20", False), ("se_resnet20", False)]
+    assert len(partial["runs"]) == 3 and partial["unfinished"] == [str(out / "se_resnet20" / "seed1")]
+
+    def record(config, stop_after_steps=None):
+        calls.append((Path(config["out"]).parent.name, bool(config.get("resumed"))))
+        return train_module.train(config)
+
+    calls.clear()
+    stopped, results = run_compare(fake_cifar10, seeds=[0, 1], epochs=2, train=record)
+    assert not stopped and calls == [("se_resnet20", True)]
+    assert len(results["runs"]) == 4 and not results["unfinished"]
+    assert [r["epoch"] for r in train_module.read_metrics(out / "se_resnet20" / "seed1")] == [1, 2]
+
+
+def test_a_folder_trained_with_another_recipe_is_refused(fake_cifar10):
+    run_compare(fake_cifar10, seeds=[0])
+    with pytest.raises(ValueError, match=r"epochs 1 \(wanted 2\)"):
+        run_compare(fake_cifar10, seeds=[1], epochs=2)
+    with pytest.raises(ValueError, match="holds the compare experiment"):
+        experiments.run_experiment("squeeze", "resnet20", experiments.ablation_variants("squeeze", "resnet20"),
+                                   [0], str(fake_cifar10 / "exp"), TINY)
+
+
+# --- statistics on hand-written run folders ----------------------------------------------------
+def write_run(out, variant, seed, test_acc, seconds=(2.0, 3.0), epochs=2):
+    """A finished run folder as tinyse.train leaves it (config.json and metrics.jsonl only)."""
+    config = experiments.run_config(str(out), variant, seed, dict(experiments.BUDGET, epochs=epochs))
+    os.makedirs(config["out"])
+    Path(config["out"], "config.json").write_text(json.dumps(config))
+    rows = [{"epoch": e + 1, "seconds": seconds[e], "test_acc": 0.1 if e + 1 < epochs else test_acc}
+            for e in range(epochs)]
+    Path(config["out"], "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def fake_experiment(out, plain_accs, se_accs):
+    variants = experiments.compare_variants("resnet20")
+    os.makedirs(out)
+    Path(out, "experiment.json").write_text(json.dumps({"name": "compare", "model": "resnet20", "variants": variants}))
+    for seed, (p, s) in enumerate(zip(plain_accs, se_accs)):
+        write_run(out, variants[0], seed, p)
+        write_run(out, variants[1], seed, s)
+
+
+def test_summary_statistics_equal_numpy_on_the_per_run_metrics(tmp_path):
+    plain, se = [0.612, 0.655, 0.631], [0.640, 0.652, 0.671]
+    fake_experiment(tmp_path / "exp", plain, se)
+    experiments.main(["summarize", str(tmp_path / "exp")])  # the command line, as a user would rebuild results
+    results = json.loads((tmp_path / "exp" / "results.json").read_text())
+    for label, accs in (("resnet20", plain), ("se_resnet20", se)):
+        a, stats = 100 * np.array(accs), results["stats"][label]
+        assert stats["accuracy"]["n"] == 3
+        assert stats["accuracy"]["mean"] == pytest.approx(a.mean())
+        assert stats["accuracy"]["std"] == pytest.approx(a.std(ddof=1))
+        assert (stats["accuracy"]["min"], stats["accuracy"]["max"]) == pytest.approx((a.min(), a.max()))
+        assert stats["error"] == pytest.approx(100 - a.mean())
+        assert stats["train_seconds"] == pytest.approx(5.0)
+    d = 100 * (np.array(se) - np.array(plain))
+    diff = results["differences"][0]
+    assert (diff["variant"], diff["baseline"], diff["seeds"]) == ("se_resnet20", "resnet20", [0, 1, 2])
+    assert diff["mean"] == pytest.approx(d.mean()) and diff["std"] == pytest.approx(d.std(ddof=1))
+    assert (diff["min"], diff["max"]) == pytest.approx((d.min(), d.max()))
+    # +2.17 points, but the plain model's seeds spread by 2.15 and seed 1 goes the other way
+    assert diff["exceeds_seed_spread"] and "with seeds disagreeing in sign" in diff["reading"]
+    assert "not distinguishable from seed noise" in diff["reading"]
+    markdown = (tmp_path / "exp" / "results.md").read_text()
+    assert f"| resnet20 | 3 | {100 * np.mean(plain):.2f} ± {100 * np.std(plain, ddof=1):.2f} |" in markdown
+
+
+def test_the_reading_says_whether_the_difference_exceeds_the_seed_spread(tmp_path):
+    fake_experiment(tmp_path / "clear", [0.600, 0.605, 0.610], [0.640, 0.643, 0.652])
+    clear = experiments.summarize(str(tmp_path / "clear"))["differences"][0]
+    assert clear["exceeds_seed_spread"] and clear["reading"].endswith("a difference this budget resolves.")
+    assert clear["reading"].startswith("se_resnet20 minus resnet20: +4.00 points over 3 seeds")
+    fake_experiment(tmp_path / "noise", [0.600, 0.640, 0.620], [0.610, 0.630, 0.625])
+    noise = experiments.summarize(str(tmp_path / "noise"))["differences"][0]
+    assert not noise["exceeds_seed_spread"] and "within the seed-to-seed spread" in noise["reading"]
+    fake_experiment(tmp_path / "one", [0.600], [0.640])
+    one = experiments.summarize(str(tmp_path / "one"))["differences"][0]
+    assert one["exceeds_seed_spread"] is None and "one seed" in one["reading"]
+
+
+def test_unfinished_runs_are_left_out_of_the_statistics(tmp_path):
+    out = tmp_path / "exp"
+    fake_experiment(out, [0.60, 0.62], [0.63, 0.64])
+    metrics = out / "se_resnet20" / "seed1" / "metrics.jsonl"
+    metrics.write_text(metrics.read_text().splitlines()[0] + "\n")  # only epoch 1 of 2
+    results = experiments.summarize(str(out))
+    assert results["stats"]["se_resnet20"]["accuracy"]["n"] == 1
+    assert results["unfinished"] == [str(out / "se_resnet20" / "seed1")]
+    assert results["differences"][0]["seeds"] == [0]
+
+
+# --- the ablations ---------------------------------------------------------------------------
+def test_each_ablation_value_reaches_the_model():
+    for option, values in experiments.ABLATIONS.items():
+        variants = experiments.ablation_variants(option, "resnet20", with_plain=True)
+        assert [v["label"] for v in variants] == ["resnet20"] + [f"{option}={v}" for v in values]
+        assert len({v["folder"] for v in variants}) == len(variants)
+    stage2 = experiments.ablation_variants("stages", "resnet20", ["2"])[0]
+    config = experiments.run_config("out", stage2, 0, experiments.BUDGET)
+    assert config["stages"] == [2]
+    model = train_module.build_model(config, 10)
+    se_blocks = [name for name, m in model.named_modules() if isinstance(m, SEBlock)]
+    assert se_blocks and all(name.startswith("layer2.") for name in se_blocks), se_blocks
+    r8 = experiments.ablation_variants("reduction", "se_resnet20", ["8"])[0]
+    config = experiments.run_config("out", r8, 0, experiments.BUDGET)
+    assert config["reduction"] == 8 and config["model"] == "se_resnet20"
+    assert next(m for m in train_module.build_model(config, 10).modules() if isinstance(m, SEBlock)).hidden == 2
+
+
+@pytest.mark.parametrize("option, values, message", [
+    ("squeeze", ["mean"], "unknown squeeze 'mean'; choose from avg, max"),
+    ("excitation", ["softmax"], "unknown excitation 'softmax'"),
+    ("integration", ["after"], "unknown integration 'after'"),
+    ("stages", ["4"], "unknown stages '4'"),
+    ("reduction", ["0"], "reduction must be a whole number >= 1, got '0'"),
+    ("reduction", ["4", "4"], "repeated values"),
+    ("reduction", [], "no values"),
+    ("width", ["2"], "unknown ablation 'width'"),
+])
+def test_bad_ablation_values_are_clear_errors(option, values, message):
+    with pytest.raises(ValueError, match=message):
+        experiments.ablation_variants(option, "resnet20", values)
+
+
+def test_bad_input_on_the_command_line_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(SystemExit, match="unknown squeeze 'mean'"):
+        experiments.main(["squeeze", "--values", "mean", "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match="unknown model family 'vgg16'"):
+        experiments.main(["compare", "--model", "vgg16", "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match="no experiment.json"):
+        experiments.main(["summarize", str(tmp_path)])
+    with pytest.raises(SystemExit):  # argparse: --seeds needs at least one
+        experiments.main(["compare", "--seeds"])
+    assert "expected at least one argument" in capsys.readouterr().err
+    for seeds, message in (([], "no seeds"), ([0, 0], "repeated seeds")):
+        with pytest.raises(ValueError, match=message):
+            experiments.run_experiment("compare", "resnet20", experiments.compare_variants("resnet20"), seeds,
+                                       str(tmp_path / "y"), TINY)
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
