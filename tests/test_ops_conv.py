@@ -9,16 +9,16 @@ import re
 import numpy as np
 import pytest
 import torch
+from conftest import DEVICES, DTYPES, GRADCHECK_TOLERANCE, TORCH_TOLERANCE, random_array, rel_error
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import tinyse.functional as F
+from tinyse import parallel
 from tinyse.backend import device_of, to_device
 from tinyse.gradcheck import gradcheck
-from tinyse.ops.conv import Conv2d, col2im, conv2d_naive, im2col, output_size
+from tinyse.ops.conv import Conv2d, col2im, conv2d_naive, conv_input_grad, im2col, im2col_rows, output_size
 from tinyse.tensor import Tensor
-
-from conftest import DEVICES, DTYPES, GRADCHECK_TOLERANCE, TORCH_TOLERANCE, random_array, rel_error
 
 NO_LIMIT = 10**9
 
@@ -200,7 +200,7 @@ def test_col2im_is_adjoint_of_im2col(n, c, h, w, kh, kw, stride, padding, seed):
     rng = np.random.default_rng(seed)
     oh, ow = output_size(h, kh, stride, padding), output_size(w, kw, stride, padding)
     x = rng.standard_normal((n, c, h, w))
-    cols = rng.standard_normal((c, kh, kw, n, oh, ow))
+    cols = rng.standard_normal((n, c, kh, kw, oh, ow))
 
     x_cols = im2col(x, kh, kw, stride, padding)
     back = col2im(cols, x.shape, stride, padding)
@@ -214,12 +214,70 @@ def test_im2col_columns_are_receptive_fields():
     """Each column of im2col is the padded receptive field it claims to be, read straight from x."""
     rng = np.random.default_rng(3)
     x, kh, kw, stride, padding = rng.standard_normal((2, 3, 7, 6)), 3, 2, 2, 1
-    cols = im2col(x, kh, kw, stride, padding)  # (C, KH, KW, N, OH, OW)
+    cols = im2col(x, kh, kw, stride, padding)  # (N, C, KH, KW, OH, OW)
     x_pad = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
     for row in range(cols.shape[4]):
         for col in range(cols.shape[5]):
             field = x_pad[:, :, row * stride : row * stride + kh, col * stride : col * stride + kw]  # (N, C, KH, KW)
-            np.testing.assert_array_equal(cols[..., row, col], field.transpose(1, 2, 3, 0))
+            np.testing.assert_array_equal(cols[..., row, col], field)
+
+
+@settings(max_examples=40)
+@given(
+    n=st.integers(1, 3), c=st.integers(1, 3), h=st.integers(1, 7), w=st.integers(1, 7),
+    kh=st.integers(1, 4), kw=st.integers(1, 4), padding=st.integers(0, 2), seed=st.integers(0, 2**16),
+)
+def test_im2col_rows_equals_im2col_after_cropping(n, c, h, w, kh, kw, padding, seed):
+    """The fast stride-1 copy (one contiguous run per kernel offset) holds the same columns as im2col.
+
+    Its rows are Wp = W + 2P wide; the first OW entries of each are the real ones.
+    """
+    assume(kh <= h + 2 * padding and kw <= w + 2 * padding)
+    x = np.random.default_rng(seed).standard_normal((n, c, h, w))
+    rows = im2col_rows(x, kh, kw, padding)
+    assert rows.shape[-1] == w + 2 * padding
+    np.testing.assert_array_equal(rows[..., : output_size(w, kw, 1, padding)], im2col(x, kh, kw, 1, padding))
+
+
+@settings(max_examples=40)
+@given(
+    n=st.integers(1, 3), groups=st.integers(1, 3), cg=st.integers(1, 3), og=st.integers(1, 3),
+    k=st.integers(1, 5), extra_h=st.integers(0, 4), extra_w=st.integers(0, 4), data=st.data(),
+)
+def test_stride1_input_grad_as_flipped_conv_equals_col2im(n, groups, cg, og, k, extra_h, extra_w, data):
+    """The stride-1 shortcut for dL/dx (a convolution with the flipped, transposed kernel) equals col2im(W^T dL/dy)."""
+    padding = data.draw(st.integers(0, k - 1), label="padding")
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16), label="seed"))
+    x_shape = (n, groups * cg, max(1, k - 2 * padding) + extra_h, max(1, k - 2 * padding) + extra_w)
+    weight = rng.standard_normal((groups * og, cg, k, k))
+    oh, ow = output_size(x_shape[2], k, 1, padding), output_size(x_shape[3], k, 1, padding)
+    grad_out = rng.standard_normal((n, groups * og, oh, ow))
+    grad_y = grad_out.reshape(n, groups, og, oh * ow)
+    grad_cols = weight.reshape(groups, og, cg * k * k).transpose(0, 2, 1) @ grad_y
+    obvious = col2im(grad_cols.reshape(n, groups * cg, k, k, oh, ow), x_shape, 1, padding)
+    fast = conv_input_grad(grad_out, weight, x_shape, 1, padding, groups)
+    assert fast.shape == x_shape
+    assert rel_error(fast, obvious) < TORCH_TOLERANCE[np.float64]
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_conv2d_in_many_chunks_equals_naive(monkeypatch, threads, stride):
+    """Forward and both gradients are the same whether the batch runs whole or in uneven chunks on a thread pool."""
+    monkeypatch.setenv("TINYSE_NUM_THREADS", str(threads))
+    monkeypatch.setattr(parallel, "CACHE_BYTES", 1)  # one image per chunk
+    rng = np.random.default_rng(11)
+    x, weight = rng.standard_normal((7, 4, 6, 5)), rng.standard_normal((6, 2, 3, 3))
+    grad_out = rng.standard_normal(conv2d_naive(x, weight, None, stride, 1, 2).shape)
+    op = Conv2d(stride=stride, padding=1, groups=2)
+    op.needs_input_grad = (True, True, False)
+    y = op.forward(x, weight)
+    grad_x, grad_weight, _ = op.backward(grad_out)
+    assert rel_error(y, conv2d_naive(x, weight, None, stride, 1, 2)) < TORCH_TOLERANCE[np.float64]
+    tx, tw = torch.from_numpy(x).requires_grad_(), torch.from_numpy(weight).requires_grad_()
+    torch.nn.functional.conv2d(tx, tw, stride=stride, padding=1, groups=2).backward(torch.from_numpy(grad_out))
+    assert rel_error(grad_x, tx.grad.numpy()) < TORCH_TOLERANCE[np.float64]
+    assert rel_error(grad_weight, tw.grad.numpy()) < TORCH_TOLERANCE[np.float64]
 
 
 # --- 4. dtypes ------------------------------------------------------------------------------

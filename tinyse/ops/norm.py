@@ -15,7 +15,7 @@ class BatchNorm(Function):
                    running_var  <- (1 - momentum) running_var  + momentum var m / (m - 1)  (unbiased)
         eval:      mu, var = running_mean, running_var
         x_hat = (x - mu) / sqrt(var + eps),   y = gamma x_hat + beta
-    Backward, with g = dL/dy * gamma:
+    Backward, with g = dL/dy * gamma (the sums over the batch are einsums: one pass each):
         dL/dbeta = sum dL/dy,   dL/dgamma = sum dL/dy x_hat
         training:  dL/dx = (g - mean(g) - x_hat mean(g x_hat)) / sqrt(var + eps)
                    (mu and var depend on x: the two means are their share)
@@ -29,13 +29,14 @@ class BatchNorm(Function):
     def forward(self, x, gamma=None, beta=None):
         self.check(x, gamma, beta)
         xp = get_array_module(x)
-        c = x.shape[1]
-        self.axes = (0,) if x.ndim == 2 else (0, 2, 3)
-        self.param_shape = (1, c) if x.ndim == 2 else (1, c, 1, 1)
+        self.x_shape = x.shape
+        n, c = x.shape[:2]
+        x = x.reshape(n, c, -1)  # (N, C, H*W): one row of values per image and channel
+        m = n * x.shape[2]
         if self.training:
-            mu = x.mean(axis=self.axes)
-            var = x.var(axis=self.axes)
-            m = x.size // c
+            mu = xp.einsum("nci->c", x) / m
+            x_centered = x - mu[:, None]
+            var = xp.einsum("nci,nci->c", x_centered, x_centered) / m
             if self.running_mean is not None:
                 self.running_mean *= 1 - self.momentum
                 self.running_mean += self.momentum * mu
@@ -44,26 +45,34 @@ class BatchNorm(Function):
                 self.running_var += self.momentum * var * (m / (m - 1))
         else:
             mu, var = self.running_mean, self.running_var
-        self.inv_std = (1 / xp.sqrt(var + self.eps)).reshape(self.param_shape)
-        self.x_hat = (x - mu.reshape(self.param_shape)) * self.inv_std
-        self.gamma = gamma
-        y = self.x_hat if gamma is None else self.x_hat * gamma.reshape(self.param_shape)
-        return y if beta is None else y + beta.reshape(self.param_shape)
+            x_centered = x - mu[:, None]
+        self.inv_std = 1 / xp.sqrt(var + self.eps)  # (C,)
+        x_centered *= self.inv_std[:, None]
+        self.x_hat, self.gamma = x_centered, gamma  # x_hat (N, C, H*W)
+        y = self.x_hat * gamma[:, None] if gamma is not None else self.x_hat.copy()
+        if beta is not None:
+            y += beta[:, None]
+        return y.reshape(self.x_shape)
 
     def backward(self, grad_out):
-        g = grad_out if self.gamma is None else grad_out * self.gamma.reshape(self.param_shape)
-        grad_x = grad_gamma = grad_beta = None
+        n, c = grad_out.shape[:2]
+        grad_out = grad_out.reshape(n, c, -1)
+        m = n * grad_out.shape[2]
+        xp = get_array_module(grad_out)
+        sum_grad = xp.einsum("nci->c", grad_out)  # = dL/dbeta
+        sum_grad_xhat = xp.einsum("nci,nci->c", grad_out, self.x_hat)  # = dL/dgamma
+        scale = self.inv_std if self.gamma is None else self.gamma * self.inv_std  # (C,)
+        grad_x = None
         if self.needs_input_grad[0]:
+            # training: (g - mean(g) - x_hat mean(g x_hat)) / sqrt(var + eps) with g = grad_out gamma,
+            # written as grad_out scale + x_hat a + b with per-channel a, b: three passes over the batch
+            grad_x = grad_out * scale[:, None]
             if self.training:
-                mean_g = g.mean(axis=self.axes, keepdims=True)
-                mean_g_xhat = (g * self.x_hat).mean(axis=self.axes, keepdims=True)
-                grad_x = (g - mean_g - self.x_hat * mean_g_xhat) * self.inv_std
-            else:
-                grad_x = g * self.inv_std
-        if self.needs_input_grad[1]:
-            grad_gamma = (grad_out * self.x_hat).sum(axis=self.axes)
-        if self.needs_input_grad[2]:
-            grad_beta = grad_out.sum(axis=self.axes)
+                grad_x += self.x_hat * (-scale * sum_grad_xhat / m)[:, None]
+                grad_x -= (scale * sum_grad / m)[:, None]
+            grad_x = grad_x.reshape(self.x_shape)
+        grad_gamma = sum_grad_xhat if self.needs_input_grad[1] else None
+        grad_beta = sum_grad if self.needs_input_grad[2] else None
         return grad_x, grad_gamma, grad_beta
 
     def check(self, x, gamma, beta):

@@ -104,5 +104,7 @@ class SEScale(Function):
 
     def backward(self, grad_out):
         grad_u = grad_out * self.s[:, :, None, None] if self.needs_input_grad[0] else None
-        grad_s = (grad_out * self.u).sum(axis=(2, 3)) if self.needs_input_grad[1] else None
+        grad_s = None
+        if self.needs_input_grad[1]:  # one pass, no (N, C, H, W) temporary
+            grad_s = get_array_module(grad_out).einsum("nchw,nchw->nc", grad_out, self.u)
         return grad_u, grad_s

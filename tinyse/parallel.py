@@ -1,0 +1,62 @@
+"""Run an op over chunks of its batch, on every CPU core.
+
+Why: NumPy's copies and elementwise loops run on one core, and BLAS spreads a
+matrix product over all cores only when the product is large. A convolution
+on CIFAR-sized images is many small products and large copies. So the conv
+splits its batch into chunks of a few images, small enough that a chunk's
+im2col columns stay in the core's cache, and hands the chunks to a pool of
+threads, one per core. NumPy releases the GIL inside copies and BLAS calls, so
+the threads really run at once. While they run, BLAS is held to one thread
+each: two threads that each start a multi-threaded BLAS call fight for the
+same cores and run many times slower.
+
+On the GPU there is nothing to gain: the whole batch is one chunk, run in the
+calling thread.
+"""
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+try:  # threadpoolctl sets BLAS's thread count at run time
+    from threadpoolctl import ThreadpoolController
+except ImportError:  # pragma: no cover - it is a dependency; without it, chunks run one after another
+    ThreadpoolController = None
+
+CACHE_BYTES = 1 << 21  # aim for about this many bytes of work arrays per chunk (a core's L2 cache)
+
+_pool = None
+_blas = None
+
+
+def workers():
+    """Threads used for chunks: $TINYSE_NUM_THREADS, else the number of cores this process may use."""
+    if "TINYSE_NUM_THREADS" in os.environ:
+        return max(1, int(os.environ["TINYSE_NUM_THREADS"]))
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def chunk_size(batch, bytes_per_item, n_workers=1):
+    """Items per chunk: as many as fit in CACHE_BYTES, at least 1, and at most an equal share per worker."""
+    share = -(-batch // n_workers)  # ceil(batch / n_workers)
+    return max(1, min(share, CACHE_BYTES // max(1, bytes_per_item)))
+
+
+def for_each_chunk(xp, batch, bytes_per_item, run):
+    """Call ``run(start, stop)`` for consecutive chunks covering range(batch).
+
+    ``run`` must write its results into arrays indexed by [start:stop] (or
+    return a value; the values come back as a list, in chunk order). On NumPy
+    the chunks run on a thread pool; on CuPy ``run(0, batch)`` is one call.
+    """
+    global _pool, _blas
+    n_workers = workers()
+    if xp is not np or n_workers == 1 or ThreadpoolController is None:
+        size = batch if xp is not np else chunk_size(batch, bytes_per_item)
+        return [run(start, min(start + size, batch)) for start in range(0, batch, size)]
+    if _pool is None:
+        _pool, _blas = ThreadPoolExecutor(n_workers), ThreadpoolController()
+    size = chunk_size(batch, bytes_per_item, n_workers)
+    starts = range(0, batch, size)
+    with _blas.limit(limits=1, user_api="blas"):
+        return list(_pool.map(lambda start: run(start, min(start + size, batch)), starts))
