@@ -44,6 +44,23 @@ def test_timing_alternates_drops_the_warmup_and_times_each_call():
     assert times == {"tinyse": [5, 7, 9], "torch": [6, 8, 10]}  # calls 1-4 were the two warm-up rounds
 
 
+def test_pause_rests_before_each_call_outside_the_timed_interval():
+    events, now = [], [0.0]
+
+    def call():
+        events.append("call")
+        now[0] += 1.0
+
+    def sleep(seconds):
+        events.append(("sleep", seconds))
+        now[0] += 100.0  # a rest that leaked into a timing would show as 101 s
+
+    times = bench.time_alternating({"tinyse": call, "torch": call}, warmup=1, repeats=2, clock=lambda: now[0],
+                                   pause=0.25, sleep=sleep)
+    assert events == [("sleep", 0.25), "call"] * 6
+    assert times == {"tinyse": [1.0, 1.0], "torch": [1.0, 1.0]}
+
+
 def test_summary_takes_medians_and_their_ratio():
     result = bench.summarise("relu fwd+bwd", (8, 16, 4, 4), {"tinyse": [3.0, 1.0, 2.0], "torch": [4.0, 8.0, 6.0]})
     assert result["tinyse"]["median_s"] == 2.0 and result["torch"]["median_s"] == 6.0
