@@ -44,21 +44,20 @@ def test_timing_alternates_drops_the_warmup_and_times_each_call():
     assert times == {"tinyse": [5, 7, 9], "torch": [6, 8, 10]}  # calls 1-4 were the two warm-up rounds
 
 
-def test_pause_rests_before_each_call_outside_the_timed_interval():
+def test_settle_repeats_each_call_untimed_first():
     events, now = [], [0.0]
 
-    def call():
-        events.append("call")
-        now[0] += 1.0
+    def library(name, seconds):
+        def call():
+            events.append(name)
+            now[0] += seconds
+        return call
 
-    def sleep(seconds):
-        events.append(("sleep", seconds))
-        now[0] += 100.0  # a rest that leaked into a timing would show as 101 s
-
-    times = bench.time_alternating({"tinyse": call, "torch": call}, warmup=1, repeats=2, clock=lambda: now[0],
-                                   pause=0.25, sleep=sleep)
-    assert events == [("sleep", 0.25), "call"] * 6
-    assert times == {"tinyse": [1.0, 1.0], "torch": [1.0, 1.0]}
+    # tinyse calls last 1 s and torch calls 2 s; settling takes 2.5 s of calls before each timed one
+    times = bench.time_alternating({"tinyse": library("tinyse", 1.0), "torch": library("torch", 2.0)}, warmup=0,
+                                   repeats=2, clock=lambda: now[0], settle=2.5)
+    assert events == ["tinyse"] * 4 + ["torch"] * 3 + ["tinyse"] * 4 + ["torch"] * 3  # 3 + 2 untimed, then timed
+    assert times == {"tinyse": [1.0, 1.0], "torch": [2.0, 2.0]}
 
 
 def test_summary_takes_medians_and_their_ratio():

@@ -30,8 +30,8 @@ Rows
 
 Timing: after warm-up calls, the libraries run alternately (tinyse, torch, tinyse, torch, ...), so that
 a machine that slows down (another job, heat) slows both alike, and the MEDIAN of the repeats is reported.
-On the CPU each call starts after a short rest (``--pause``), so that neither library's idle threads,
-still spinning, steal the cores from the other's call.
+On the CPU each timed call follows untimed calls of the same library for ``--settle`` seconds, so that
+the other library's idle threads, still spinning, have stopped stealing the cores.
 On the GPU each call is bracketed by device synchronisations. ratio = tinyse / torch: above 1, tinyse is
 slower. img/s = batch / median time.
 
@@ -82,7 +82,7 @@ LR, MOMENTUM, WEIGHT_DECAY = 0.1, 0.9, 1e-4  # He et al.'s CIFAR recipe, as tiny
 DEFAULT_COUNTS = {"op": (2, 7), "model": (1, 5)}
 QUICK_COUNTS = (1, 3)
 BLAS_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "TINYSE_NUM_THREADS")
-PAUSE_S = 0.3  # on the CPU, rest before each timed call: the other library's idle threads stop spinning
+SETTLE_S = 0.25  # on the CPU, run each call untimed this long first: the other library's threads stop spinning
 
 
 # --- the rows -----------------------------------------------------------------------------------
@@ -449,15 +449,17 @@ def header(device, threads):
 
 
 # --- timing -------------------------------------------------------------------------------------
-def time_alternating(calls, warmup, repeats, syncs=None, clock=time.perf_counter, pause=0.0, sleep=time.sleep):
+def time_alternating(calls, warmup, repeats, syncs=None, clock=time.perf_counter, settle=0.0):
     """Call the callables in turn, round after round, and time each call.
 
     calls    {library: zero-argument callable}, run in this order within a round
     syncs    {library: zero-argument callable} waiting for the device before each clock read
-    pause    seconds to rest before each call. After a parallel region, OpenBLAS's and OpenMP's
-             worker threads keep spinning on the cores for up to about 0.2 s, and a call of the
-             other library that starts meanwhile runs several times slower (measured: a torch conv
-             timed right after a NumPy matmul took 3x its time alone). A pause lets them sleep.
+    settle   before each timed call, repeat the same call untimed until this many seconds have
+             passed. After a parallel region, OpenBLAS's and OpenMP's worker threads keep spinning
+             on the cores for up to about 0.2 s, and a call of the other library that starts
+             meanwhile runs several times slower (measured: a torch conv timed right after a NumPy
+             matmul took 3x its time alone). Resting instead (sleep) does not work: the threads,
+             and on a virtual machine the cores, go to sleep, and the timed call pays to wake them.
     Returns {library: [seconds of each of the ``repeats`` timed calls]}; the first ``warmup``
     rounds are run the same way and thrown away.
     """
@@ -467,8 +469,10 @@ def time_alternating(calls, warmup, repeats, syncs=None, clock=time.perf_counter
         for library, call in calls.items():
             sync = syncs.get(library, lambda: None)
             sync()
-            if pause:
-                sleep(pause)
+            settle_until = clock() + settle
+            while settle and clock() < settle_until:
+                call()
+                sync()
             start = clock()
             call()
             sync()
@@ -488,9 +492,9 @@ def summarise(name, shape, times):
     return result
 
 
-def measure(row, warmup, repeats, syncs, pause=0.0):
+def measure(row, warmup, repeats, syncs, settle=0.0):
     calls = {"tinyse": row.make_tinyse(), "torch": row.make_torch()}
-    result = summarise(row.name, row.shape, time_alternating(calls, warmup, repeats, syncs, pause=pause))
+    result = summarise(row.name, row.shape, time_alternating(calls, warmup, repeats, syncs, settle=settle))
     del calls
     gc.collect()  # free this row's arrays before the next one is built
     return result
@@ -651,13 +655,14 @@ def parse_args(argv=None):
     add("--warmup", type=int, help="untimed runs per library first (default 2 for ops, 1 for models)")
     add("--quick", action="store_true", help="1 warm-up and 3 repeats everywhere: a smoke run, not numbers")
     add("--batch", type=int, default=128, help="batch of the ops and the training step (eval: twice it)")
-    add("--pause", type=float, help=f"seconds to rest before each timed call (default {PAUSE_S} on the CPU, 0 on the GPU)")
+    add("--settle", type=float,
+        help=f"seconds of untimed calls before each timed one (default {SETTLE_S} on the CPU, 0 on the GPU)")
     add("--no-memory", action="store_true", help="skip the peak-memory processes")
     add("--json", metavar="FILE", help="also write the whole report (every time, the header, memory) here")
     add("--memory-child", choices=LIBRARIES, help=argparse.SUPPRESS)  # the fresh process of measure_memory
     args = parser.parse_args(argv)
-    if args.pause is None:
-        args.pause = PAUSE_S if args.device == "cpu" and not args.quick else 0.0
+    if args.settle is None:
+        args.settle = SETTLE_S if args.device == "cpu" and not args.quick else 0.0
     return args
 
 
@@ -682,12 +687,12 @@ def run(args):
     report = {
         "header": header(args.device, args.threads),
         "settings": {"batch": args.batch, "eval_batch": 2 * args.batch, "dtype": "float32", "only": args.only,
-                     "warmup": warmup, "repeats": repeats, "pause_s": args.pause},
+                     "warmup": warmup, "repeats": repeats, "settle_s": args.settle},
         "rows": [],
     }
     for index, row in enumerate(rows, 1):
         print(f"[{index}/{len(rows)}] {row.label} ...", end="", file=sys.stderr, flush=True)
-        result = measure(row, warmup[row.kind], repeats[row.kind], syncs, args.pause)
+        result = measure(row, warmup[row.kind], repeats[row.kind], syncs, args.settle)
         report["rows"].append(result)
         print(f" tinyse {result['tinyse']['median_s'] * 1e3:.2f} ms, torch {result['torch']['median_s'] * 1e3:.2f} ms",
               file=sys.stderr, flush=True)
