@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import DEVICES, rel_error
+from test_data import make_cifar10_folder
 
 from tinyse import bench, models
 from tinyse.backend import gpu_available, to_device
@@ -137,3 +138,10 @@ def test_memory_is_measured_in_fresh_processes():
         assert memory[library]["library"] == library and memory[library]["model"] == "se_resnet20"
         assert memory[library]["peak_bytes"] >= memory[library]["baseline_bytes"] > 0
     assert not memory["tinyse"]["torch_imported"]  # the tinyse process pays for no torch
+
+
+def test_torch_epoch_trains_on_every_training_image(tmp_path, capsys):
+    make_cifar10_folder(tmp_path, per_batch=6)  # 30 training images
+    result = bench.main(["--torch-epoch", "resnet20", "--data-dir", str(tmp_path), "--batch", "8", "--threads", "1"])
+    assert result["images"] == 30 and result["seconds"] > 0
+    assert "one CIFAR-10 epoch (30 images, batch 8)" in capsys.readouterr().out

@@ -4,6 +4,7 @@
     python -m tinyse.bench --threads 1 --only conv       # rows whose name matches a regular expression
     python -m tinyse.bench --device gpu --json gpu.json  # the same table against torch on CUDA, saved
     python -m tinyse.bench --quick --batch 8             # a smoke run: 1 warm-up, 3 repeats, small batches
+    python -m tinyse.bench --torch-epoch se_resnet20     # PyTorch's time for one CIFAR-10 epoch
 
 A benchmark, not a test: it prints numbers and asserts nothing about them.
 Both libraries run float32, NCHW, on the same device with the same threads.
@@ -243,6 +244,37 @@ def torch_model(name, shape, device, train):
         loss.backward()
         optimizer.step()
     return step
+
+
+# --- a whole epoch -------------------------------------------------------------------------------
+def torch_epoch(model_name, device, data_dir, batch, seed=0):
+    """(seconds, images) for PyTorch to train ``model_name`` for one epoch of CIFAR-10 (all training images).
+
+    The twin of ``python -m tinyse.train --model MODEL --epochs 1 --val-split 0``: the same data
+    loader (tinyse's crops and flips, in the training loop's thread), batch, optimiser and lr.
+    """
+    from tinyse.data import BatchLoader, load_cifar
+    from tinyse.progress import Progress
+
+    torch = torch_twins().torch
+    target = torch_device(device)
+    data = load_cifar("cifar10", root=data_dir)
+    loader = BatchLoader(data.train_images, data.train_labels, batch, data.mean, data.std, shuffle=True,
+                         augment=True, seed=seed)
+    model = torch_twin_model(model_name).to(target)
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+    progress = Progress(len(loader), f"torch {model_name}, one epoch")
+    started = time.perf_counter()
+    for images, labels in loader.batches(0):
+        images, labels = torch.from_numpy(images.data).to(target), torch.from_numpy(labels).to(target)
+        loss = torch.nn.functional.cross_entropy(model(images), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        progress.update(loss=loss.item())
+    synchronizer("torch", device)()
+    progress.close()
+    return time.perf_counter() - started, len(data.train_labels)
 
 
 # --- the PyTorch twins --------------------------------------------------------------------------
@@ -659,6 +691,10 @@ def parse_args(argv=None):
         help=f"seconds of untimed calls before each timed one (default {SETTLE_S} on the CPU, 0 on the GPU)")
     add("--no-memory", action="store_true", help="skip the peak-memory processes")
     add("--json", metavar="FILE", help="also write the whole report (every time, the header, memory) here")
+    add("--torch-epoch", metavar="MODEL",
+        help="instead of the table: time PyTorch training MODEL for one CIFAR-10 epoch, to compare with "
+             "`python -m tinyse.train --model MODEL --epochs 1 --val-split 0`")
+    add("--data-dir", help="for --torch-epoch: where CIFAR-10 is (default: $TINYSE_DATA, as tinyse.train)")
     add("--memory-child", choices=LIBRARIES, help=argparse.SUPPRESS)  # the fresh process of measure_memory
     args = parser.parse_args(argv)
     if args.settle is None:
@@ -725,6 +761,14 @@ def main(argv=None):
     torch = torch_twins().torch
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
+    if args.torch_epoch:
+        try:
+            seconds, images = torch_epoch(args.torch_epoch, args.device, args.data_dir, args.batch)
+        finally:
+            torch.set_num_threads(previous_threads)
+        print(f"torch {torch.__version__}, {args.threads} threads, {args.device}: {args.torch_epoch} trained one "
+              f"CIFAR-10 epoch ({images:,} images, batch {args.batch}) in {seconds:.1f} s ({images / seconds:.0f} img/s)")
+        return {"model": args.torch_epoch, "seconds": seconds, "images": images}
     try:
         report = run(args)
     finally:
