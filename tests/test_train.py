@@ -14,7 +14,7 @@ import pytest
 
 import tinyse
 from tinyse import train as train_module
-from tinyse.checkpoint import load_checkpoint, save_checkpoint
+from tinyse.checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from tinyse.evaluate import evaluate_checkpoint
 from tinyse.evaluate import main as evaluate_main
 from tinyse.train import StopRequest, config_from_args, parse_args, train
@@ -115,6 +115,18 @@ def test_checkpoints_are_written_whole_or_not_at_all(fake_cifar10, monkeypatch):
         save_checkpoint(out / "last.npz", model, train_module.SGD(model.parameters(), 0.1), {"state": {}})
     assert (out / "last.npz").read_bytes() == before
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".tmp")) == []
+
+
+def test_atomic_write_gives_an_ordinary_file_mode(tmp_path):
+    """The temporary file is private (mkstemp); the finished file gets 0o666 minus the umask, as open() would."""
+    umask = os.umask(0o022)
+    try:
+        atomic_write(tmp_path / "a.txt", lambda f: f.write(b"x"))
+        with open(tmp_path / "b.txt", "wb") as f:
+            f.write(b"x")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == (tmp_path / "b.txt").stat().st_mode & 0o777 == 0o644
 
 
 def test_ctrl_c_asks_the_loop_to_stop_and_a_second_one_stops_at_once():

@@ -22,6 +22,9 @@ def atomic_write(path, write):
     try:
         with os.fdopen(handle, "wb") as f:
             write(f)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes a private file; give it an ordinary file's mode
         os.replace(temporary, path)
     except BaseException:
         os.unlink(temporary)
