@@ -94,30 +94,27 @@ def collect_gates(model, images, batch_size=256, progress=False):
     return run_model(model, images, batch_size, progress)[1]
 
 
-def class_means(gates, labels, num_classes):
-    """The average gate of each class: gates (N, C), labels (N,) -> (num_classes, C), float64.
+def per_class(gates, labels, num_classes, statistic):
+    """``statistic(gates of class k, axis=0)`` for each class k: gates (N, C), labels (N,) -> (num_classes, C).
 
-    A class without images gets NaN.
+    float64; a class without images gets NaN.
     """
     gates = np.asarray(gates, dtype=np.float64)
-    means = np.full((num_classes, gates.shape[1]), np.nan)
+    result = np.full((num_classes, gates.shape[1]), np.nan)
     for k in range(num_classes):
         if (labels == k).any():
-            means[k] = gates[labels == k].mean(axis=0)
-    return means
+            result[k] = statistic(gates[labels == k], axis=0)
+    return result
+
+
+def class_means(gates, labels, num_classes):
+    """The average gate of each class: (num_classes, C)."""
+    return per_class(gates, labels, num_classes, np.mean)
 
 
 def class_variances(gates, labels, num_classes):
-    """The variance of the gate within each class (ddof 0): gates (N, C), labels (N,) -> (num_classes, C).
-
-    A class without images gets NaN; one with a single image gets 0.
-    """
-    gates = np.asarray(gates, dtype=np.float64)
-    variances = np.full((num_classes, gates.shape[1]), np.nan)
-    for k in range(num_classes):
-        if (labels == k).any():
-            variances[k] = gates[labels == k].var(axis=0)
-    return variances
+    """The variance of the gate within each class (ddof 0; 0 for a class of one image): (num_classes, C)."""
+    return per_class(gates, labels, num_classes, np.var)
 
 
 def specificity(gates, labels, num_classes):
