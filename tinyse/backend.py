@@ -5,6 +5,8 @@ Every op's ``forward`` and ``backward`` ask ``get_array_module(*arrays)`` for
 NumPy arrays (CPU) and CuPy arrays (GPU). Device names are ``"cpu"`` and
 ``"gpu"``. No other module imports cupy.
 """
+import functools
+
 import numpy as np
 
 try:  # CuPy is optional: ``pip install tinyse[gpu]``.
@@ -85,3 +87,14 @@ def to_device(array, device):
     if module_for_device(device) is np:
         return cupy.asnumpy(array) if is_gpu_array(array) else np.asarray(array)
     return cupy.asarray(array)
+
+
+@functools.cache
+def elementwise_kernel(in_params, out_params, operation, name):
+    """A CuPy ElementwiseKernel, compiled on first use and cached: fused elementwise math on the GPU.
+
+    ``in_params`` / ``out_params`` are CuPy's typed parameter lists (e.g. "T x, T y", "T z");
+    ``operation`` is the CUDA C body for one element. Inputs broadcast as in NumPy.
+    """
+    _check_gpu()
+    return cupy.ElementwiseKernel(in_params, out_params, operation, name)

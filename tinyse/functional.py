@@ -4,7 +4,7 @@ Arguments may be Tensors, arrays, or Python numbers (numbers take the dtype of
 the tensor they meet, so float32 stays float32).
 """
 from tinyse.backend import get_array_module
-from tinyse.ops import activation, conv, elementwise, linalg, loss, norm, pool, reduce, se
+from tinyse.ops import activation, conv, elementwise, fused, linalg, loss, norm, pool, reduce, se
 from tinyse.ops import shape as shape_ops
 from tinyse.tensor import Tensor
 
@@ -148,6 +148,12 @@ def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, t
     return norm.BatchNorm(_data(running_mean), _data(running_var), training, momentum, eps)(x, weight, bias)
 
 
+def batch_norm_relu(x, weight=None, bias=None, running_mean=None, running_var=None, training=True, momentum=0.1,
+                    eps=1e-5):
+    """relu(batch_norm(x, ...)) as one op (``tinyse.ops.fused``): the same numbers, one pass less."""
+    return fused.BatchNormReLU(_data(running_mean), _data(running_var), training, momentum, eps)(x, weight, bias)
+
+
 def cross_entropy(logits, labels):
     """Mean softmax cross-entropy of logits (N, K) against integer labels (N,) (array or Tensor)."""
     return loss.CrossEntropy(_data(labels))(logits)
@@ -167,3 +173,8 @@ def se_excite(z, w1, b1, w2, b2, gate="sigmoid"):
 def se_scale(u, s):
     """U (N, C, H, W) times gates s (N, C), channel by channel."""
     return se.SEScale()(u, s)
+
+
+def se_scale_add_relu(u, s, shortcut):
+    """relu(se_scale(u, s) + shortcut) as one op (``tinyse.ops.fused``): the end of an SE residual unit."""
+    return fused.SEScaleAddReLU()(u, s, shortcut)

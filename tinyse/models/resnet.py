@@ -75,9 +75,9 @@ class ResidualUnit(Module):
         se = self.se if self.se is not None else (lambda t: t)
         where = self.integration
         branch = self.residual(se(x) if where == "pre" else x)
-        if where == "standard":
-            branch = se(branch)
         identity = self.shortcut(x)
+        if where == "standard" and self.se is not None:  # relu(SE(branch) + identity), fused into one op
+            return self.se(branch, identity)
         if where == "identity":
             identity = se(identity)
         out = F.relu(branch + identity)
@@ -85,18 +85,21 @@ class ResidualUnit(Module):
 
 
 class BasicBlock(ResidualUnit):
-    """residual(x) = bn2(conv2(relu(bn1(conv1(x))))), two 3x3 convs; the first carries the stride."""
+    """residual(x) = bn2(conv2(relu(bn1(conv1(x))))), two 3x3 convs; the first carries the stride.
+
+    bn1 is built with ``relu=True``: the batch norm and the ReLU after it are one op.
+    """
 
     def __init__(self, in_channels, out_channels, stride=1, shortcut="A", se=None, stage=None):
         super().__init__()
         self.conv1 = Conv2d(in_channels, out_channels, 3, stride, padding=1, bias=False)
-        self.bn1 = BatchNorm2d(out_channels)
+        self.bn1 = BatchNorm2d(out_channels, relu=True)
         self.conv2 = Conv2d(out_channels, out_channels, 3, 1, padding=1, bias=False)
         self.bn2 = BatchNorm2d(out_channels)
         self.add_shortcut_and_se(in_channels, out_channels, stride, shortcut, se, stage)
 
     def residual(self, x):
-        return self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+        return self.bn2(self.conv2(self.bn1(self.conv1(x))))  # bn1 applies the ReLU
 
 
 class Bottleneck(ResidualUnit):
@@ -109,16 +112,16 @@ class Bottleneck(ResidualUnit):
         super().__init__()
         width = width or out_channels // 4
         self.conv1 = Conv2d(in_channels, width, 1, bias=False)
-        self.bn1 = BatchNorm2d(width)
+        self.bn1 = BatchNorm2d(width, relu=True)
         self.conv2 = Conv2d(width, width, 3, stride, padding=1, groups=groups, bias=False)
-        self.bn2 = BatchNorm2d(width)
+        self.bn2 = BatchNorm2d(width, relu=True)
         self.conv3 = Conv2d(width, out_channels, 1, bias=False)
         self.bn3 = BatchNorm2d(out_channels)
         self.add_shortcut_and_se(in_channels, out_channels, stride, shortcut, se, stage)
 
     def residual(self, x):
-        x = F.relu(self.bn1(self.conv1(x)))
-        x = F.relu(self.bn2(self.conv2(x)))
+        x = self.bn1(self.conv1(x))  # bn1 and bn2 apply the ReLU
+        x = self.bn2(self.conv2(x))
         return self.bn3(self.conv3(x))
 
 
@@ -133,7 +136,7 @@ class CifarResNet(Module):
     def __init__(self, make_unit, blocks, num_classes=10):
         super().__init__()
         self.conv1 = Conv2d(3, 16, 3, padding=1, bias=False)
-        self.bn1 = BatchNorm2d(16)
+        self.bn1 = BatchNorm2d(16, relu=True)
         channels = 16
         for stage in (1, 2, 3):
             units = []
@@ -146,7 +149,7 @@ class CifarResNet(Module):
         init_convs(self)
 
     def forward(self, x):
-        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.bn1(self.conv1(x))  # with its ReLU
         x = self.layer3(self.layer2(self.layer1(x)))
         return self.fc(self.pool(x))
 

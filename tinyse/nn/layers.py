@@ -54,11 +54,12 @@ class BatchNorm2d(Module):
 
     Keeps PyTorch's state: ``weight``, ``bias`` (trained), and the buffers
     ``running_mean``, ``running_var``, ``num_batches_tracked``.
+    ``relu=True`` applies a ReLU after it, fused into the same op (``F.batch_norm_relu``).
     """
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1):
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, relu=False):
         super().__init__()
-        self.num_features, self.eps, self.momentum = num_features, eps, momentum
+        self.num_features, self.eps, self.momentum, self.relu = num_features, eps, momentum, relu
         self.weight = Parameter(np.ones(num_features, np.float32))
         self.bias = Parameter(np.zeros(num_features, np.float32))
         self.register_buffer("running_mean", np.zeros(num_features, np.float32))
@@ -68,12 +69,13 @@ class BatchNorm2d(Module):
     def forward(self, x):
         if self.training:
             self.num_batches_tracked += 1
-        return F.batch_norm(
+        batch_norm = F.batch_norm_relu if self.relu else F.batch_norm
+        return batch_norm(
             x, self.weight, self.bias, self.running_mean, self.running_var, self.training, self.momentum, self.eps
         )
 
     def extra_repr(self):
-        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}" + (", then relu" if self.relu else "")
 
 
 class ReLU(Module):

@@ -34,11 +34,14 @@ class SEBlock(Module):
         self.fc2 = Linear(self.hidden, channels)
         self.gates = None
 
-    def forward(self, u):
+    def forward(self, u, shortcut=None):
+        """U * s; given a residual unit's ``shortcut``, relu(U * s + shortcut) as one fused op."""
         z = F.se_squeeze(u) if self.squeeze == "avg" else F.global_max_pool2d(u)  # (N, C)
         s = F.se_excite(z, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias, gate=self.excitation)
         self.gates = s.data
-        return F.se_scale(u, s)
+        if shortcut is None:
+            return F.se_scale(u, s)
+        return F.se_scale_add_relu(u, s, shortcut)
 
     def extra_repr(self):
         reduction = f"reduction={self.reduction} (hidden {self.hidden})"

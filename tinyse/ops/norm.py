@@ -49,10 +49,14 @@ class BatchNorm(Function):
         self.inv_std = 1 / xp.sqrt(var + self.eps)  # (C,)
         x_centered *= self.inv_std[:, None]
         self.x_hat, self.gamma = x_centered, gamma  # x_hat (N, C, H*W)
-        y = self.x_hat * gamma[:, None] if gamma is not None else self.x_hat.copy()
+        return self.scale_shift(self.x_hat, gamma, beta).reshape(self.x_shape)
+
+    def scale_shift(self, x_hat, gamma, beta):
+        """y = gamma x_hat + beta, per channel: x_hat (N, C, H*W) -> a new array of its shape."""
+        y = x_hat * gamma[:, None] if gamma is not None else x_hat.copy()
         if beta is not None:
             y += beta[:, None]
-        return y.reshape(self.x_shape)
+        return y
 
     def backward(self, grad_out):
         n, c = grad_out.shape[:2]

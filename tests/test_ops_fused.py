@@ -1,0 +1,147 @@
+"""The fused ops (tinyse.ops.fused): relu(batch_norm(x)) and relu(u * s + shortcut) as single ops.
+
+Each must equal its chain of separate tinyse ops (the obvious version), PyTorch's
+composition of the same ops (forward and every gradient), and finite differences;
+on the GPU, its CuPy kernels must equal the NumPy path.
+"""
+import numpy as np
+import pytest
+import torch.nn.functional as TF
+from conftest import (
+    DEVICES,
+    DTYPES,
+    GRADCHECK_TOLERANCE,
+    TORCH_TOLERANCE,
+    assert_matches_torch,
+    away_from_zero,
+    rel_error,
+)
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+import tinyse.functional as F
+from tinyse import Tensor, gradcheck
+from tinyse.backend import to_device
+
+seeds = st.integers(0, 2**32 - 1)
+nchw = st.tuples(st.integers(1, 4), st.integers(1, 6), st.integers(1, 6), st.integers(1, 6))
+
+
+def random(shape, seed, dtype=np.float64):
+    return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+
+
+def gradients_of(fn, arrays, grad_out):
+    """Output and the gradient of every array, for sum(fn(*arrays) * grad_out), through tinyse's autograd."""
+    tensors = [Tensor(a, requires_grad=True) for a in arrays]
+    out = fn(*tensors)
+    out.backward(grad_out)
+    return [out.data] + [t.grad for t in tensors]
+
+
+# --- batch norm + relu --------------------------------------------------------------------------
+def bn_relu_fused(training):
+    return lambda x, g, b: F.batch_norm_relu(x, g, b, None, None, training=training)
+
+
+def bn_relu_chain(training):
+    return lambda x, g, b: F.relu(F.batch_norm(x, g, b, None, None, training=training))
+
+
+@given(shape=nchw, seed=seeds)
+def test_batch_norm_relu_equals_the_chain(shape, seed):
+    """Forward and the gradients of x, gamma and beta equal relu(batch_norm(...)) run as two ops."""
+    assume(shape[0] * shape[2] * shape[3] > 1)
+    x, gamma, beta = random(shape, seed), random(shape[1:2], seed + 1), random(shape[1:2], seed + 2)
+    grad_out = random(shape, seed + 3)
+    fused = gradients_of(bn_relu_fused(True), [x, gamma, beta], grad_out)
+    chain = gradients_of(bn_relu_chain(True), [x, gamma, beta], grad_out)
+    for got, expected in zip(fused, chain):
+        assert rel_error(got, expected) < TORCH_TOLERANCE[np.float64]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@given(shape=nchw, seed=seeds)
+def test_batch_norm_relu_matches_torch(dtype, device, shape, seed):
+    assume(shape[0] * shape[2] * shape[3] > 1)
+    arrays = [random(shape, seed, dtype), random(shape[1:2], seed + 1, dtype), random(shape[1:2], seed + 2, dtype)]
+    assert_matches_torch(bn_relu_fused(True), lambda x, g, b: TF.relu(TF.batch_norm(x, None, None, g, b, True)),
+                         arrays, device, seed)
+
+
+def test_batch_norm_relu_gradcheck():
+    """Against finite differences (this seed keeps every pre-ReLU value well off the kink at 0)."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3, 2, 3, 3))
+    gamma, beta = np.array([1.3, -0.7]), np.array([0.05, 0.1])
+    pre_relu = F.batch_norm(Tensor(x), Tensor(gamma), Tensor(beta)).data
+    assert np.abs(pre_relu).min() > 1e-3
+    assert gradcheck(bn_relu_fused(True), x, gamma, beta) < GRADCHECK_TOLERANCE
+
+
+def test_batch_norm_relu_in_eval_mode_uses_running_statistics():
+    rng = np.random.default_rng(6)
+    x, mean, var = rng.standard_normal((4, 3, 2, 2)), rng.standard_normal(3), rng.random(3) + 0.5
+    fused = F.batch_norm_relu(Tensor(x), None, None, mean, var, training=False).data
+    expected = np.maximum((x - mean[:, None, None]) / np.sqrt(var[:, None, None] + 1e-5), 0)
+    assert rel_error(fused, expected) < TORCH_TOLERANCE[np.float64]
+
+
+# --- SE scale + residual add + relu ----------------------------------------------------------------
+def scale_add_relu_chain(u, s, shortcut):
+    return F.relu(F.se_scale(u, s) + shortcut)
+
+
+@given(shape=nchw, seed=seeds)
+def test_se_scale_add_relu_equals_the_chain(shape, seed):
+    u, s, shortcut = random(shape, seed), random(shape[:2], seed + 1), random(shape, seed + 2)
+    grad_out = random(shape, seed + 3)
+    fused = gradients_of(F.se_scale_add_relu, [u, s, shortcut], grad_out)
+    chain = gradients_of(scale_add_relu_chain, [u, s, shortcut], grad_out)
+    for got, expected in zip(fused, chain):
+        assert rel_error(got, expected) < TORCH_TOLERANCE[np.float64]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@given(shape=nchw, seed=seeds)
+def test_se_scale_add_relu_matches_torch(dtype, device, shape, seed):
+    arrays = [random(shape, seed, dtype), random(shape[:2], seed + 1, dtype), random(shape, seed + 2, dtype)]
+    assert_matches_torch(F.se_scale_add_relu, lambda u, s, r: TF.relu(u * s[:, :, None, None] + r), arrays, device,
+                         seed)
+
+
+def test_se_scale_add_relu_gradcheck():
+    rng = np.random.default_rng(7)
+    u, s = rng.standard_normal((2, 3, 3, 2)), rng.standard_normal((2, 3))
+    pre_relu = u * s[:, :, None, None]
+    shortcut = away_from_zero(pre_relu + rng.standard_normal(u.shape), 0.05) - pre_relu  # keep u s + shortcut off 0
+    assert gradcheck(F.se_scale_add_relu, u, s, shortcut) < GRADCHECK_TOLERANCE
+
+
+def test_se_scale_add_relu_names_the_bad_shapes():
+    u, s = Tensor(np.zeros((2, 3, 4, 4))), Tensor(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match=r"shortcut \(2, 3, 4, 5\)"):
+        F.se_scale_add_relu(u, s, Tensor(np.zeros((2, 3, 4, 5))))
+    with pytest.raises(ValueError, match=r"s \(3, 2\)"):
+        F.se_scale_add_relu(u, Tensor(np.zeros((3, 2))), u)
+
+
+# --- the GPU kernels against the NumPy path -----------------------------------------------------------
+@pytest.mark.parametrize("device", [d for d in DEVICES if getattr(d, "values", [d])[0] == "gpu"])
+def test_cupy_kernels_equal_the_numpy_path(device):
+    """The ElementwiseKernels (bn + relu, scale + add + relu, and the ReLU's backward) give NumPy's numbers."""
+    rng = np.random.default_rng(8)
+    shape = (4, 5, 6, 7)
+    cases = [
+        (bn_relu_fused(True), [rng.standard_normal(shape), rng.standard_normal(5), rng.standard_normal(5)]),
+        (F.se_scale_add_relu, [rng.standard_normal(shape), rng.standard_normal(shape[:2]), rng.standard_normal(shape)]),
+    ]
+    for fn, arrays in cases:
+        arrays = [a.astype(np.float32) for a in arrays]
+        grad_out = rng.standard_normal(shape).astype(np.float32)
+        on_cpu = gradients_of(fn, arrays, grad_out)
+        on_gpu = gradients_of(fn, [to_device(a, device) for a in arrays], to_device(grad_out, device))
+        for got, expected in zip(on_gpu, on_cpu):
+            assert rel_error(got, expected) < TORCH_TOLERANCE[np.float32]

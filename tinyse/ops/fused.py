@@ -1,0 +1,80 @@
+"""Fused chains of elementwise ops: one pass over memory, and one GPU kernel, instead of three.
+
+    BatchNormReLU   y = relu(batch_norm(x))                          (conv -> bn -> relu, in every block)
+    SEScaleAddReLU  y = relu(u * s[:, :, None, None] + shortcut)     (the end of a residual unit with SE)
+
+Each equals its chain of separate ops, and a test holds them equal. The backward
+is the chain's backward: the ReLU passes dL/dy where y > 0 and stops it
+elsewhere, then the ops before it take over.
+
+Why: the separate ops each read and write a whole activation, and allocate
+one more. On NumPy the fused op works in place in its output array; on CuPy
+the forward and the ReLU's backward are each one ``ElementwiseKernel``.
+"""
+import numpy as np
+
+from tinyse.backend import elementwise_kernel, get_array_module
+from tinyse.ops.norm import BatchNorm
+from tinyse.tensor import Function
+
+
+def relu_grad(grad_out, y):
+    """dL/d(input of the ReLU) = dL/dy where y = relu(...) > 0, else 0."""
+    if get_array_module(grad_out, y) is np:
+        return grad_out * (y > 0)
+    kernel = elementwise_kernel("T grad, T y", "T grad_in", "grad_in = y > 0 ? grad : (T)0", "tinyse_relu_grad")
+    return kernel(grad_out, y)
+
+
+class BatchNormReLU(BatchNorm):
+    """y = relu(gamma x_hat + beta): batch norm (see ``BatchNorm``) with the ReLU in its last pass."""
+
+    def scale_shift(self, x_hat, gamma, beta):
+        if get_array_module(x_hat) is np or gamma is None or beta is None:
+            y = super().scale_shift(x_hat, gamma, beta)
+            get_array_module(y).maximum(y, 0, out=y)
+        else:
+            kernel = elementwise_kernel(
+                "T x_hat, T gamma, T beta", "T y", "T v = x_hat * gamma + beta; y = v > 0 ? v : (T)0", "tinyse_bn_relu"
+            )
+            y = kernel(x_hat, gamma[:, None], beta[:, None])
+        self.y = y  # (N, C, H*W); also the next layer's input, so keeping it costs no memory
+        return y
+
+    def backward(self, grad_out):
+        return super().backward(relu_grad(grad_out, self.y.reshape(grad_out.shape)))
+
+
+class SEScaleAddReLU(Function):
+    """y = relu(u * s[n, c] + shortcut): the SE scale, the residual addition and the ReLU in one op.
+
+    Shapes: u (N, C, H, W), s (N, C), shortcut (N, C, H, W) -> y (N, C, H, W).
+    Backward, with g = dL/dy where y > 0, else 0:
+        dL/du = g * s[n, c],   dL/ds[n, c] = sum over h, w of g * u,   dL/dshortcut = g.
+    """
+
+    def forward(self, u, s, shortcut):
+        if u.ndim != 4 or s.shape != u.shape[:2] or shortcut.shape != u.shape:
+            raise ValueError(
+                f"se_scale_add_relu expects u (N, C, H, W), s (N, C) and a shortcut shaped as u, "
+                f"got u {u.shape}, s {s.shape}, shortcut {shortcut.shape}"
+            )
+        xp = get_array_module(u, s, shortcut)
+        if xp is np:
+            y = u * s[:, :, None, None]
+            y += shortcut
+            np.maximum(y, 0, out=y)
+        else:
+            kernel = elementwise_kernel(
+                "T u, T s, T shortcut", "T y", "T v = u * s + shortcut; y = v > 0 ? v : (T)0", "tinyse_se_scale_add_relu"
+            )
+            y = kernel(u, s[:, :, None, None], shortcut)
+        self.u, self.s, self.y = u, s, y
+        return y
+
+    def backward(self, grad_out):
+        g = relu_grad(grad_out, self.y)
+        xp = get_array_module(g)
+        grad_u = g * self.s[:, :, None, None] if self.needs_input_grad[0] else None
+        grad_s = xp.einsum("nchw,nchw->nc", g, self.u) if self.needs_input_grad[1] else None
+        return grad_u, grad_s, g if self.needs_input_grad[2] else None
