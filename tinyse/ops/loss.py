@@ -1,4 +1,6 @@
 """Softmax cross-entropy, computed through a stable log-sum-exp."""
+import numpy as np
+
 from tinyse.backend import get_array_module
 from tinyse.tensor import Function
 
@@ -36,7 +38,10 @@ class CrossEntropy(Function):
             raise ValueError(f"cross_entropy: labels of shape {labels.shape} do not match logits {logits.shape}")
         if labels.dtype.kind not in "iu":
             raise TypeError(f"cross_entropy: labels must be integers, got dtype {labels.dtype}")
-        if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= logits.shape[1]):
+        # The range check reads two numbers back from the device: on the GPU it would cost a host round
+        # trip in every step, so it runs on host (NumPy) labels only. (The CIFAR loader checks its labels.)
+        on_host = isinstance(labels, np.ndarray)
+        if on_host and len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= logits.shape[1]):
             raise ValueError(
                 f"cross_entropy: labels must lie in [0, {logits.shape[1]}) for logits {logits.shape}, "
                 f"got values from {int(labels.min())} to {int(labels.max())}"
