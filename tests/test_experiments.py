@@ -39,6 +39,7 @@ def test_compare_writes_one_entry_per_variant_and_seed(fake_cifar10):
     assert [(r["variant"], r["seed"]) for r in results["runs"]] == [
         ("resnet20", 0), ("resnet20", 1), ("se_resnet20", 0), ("se_resnet20", 1)]
     assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(results))
+    assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the accuracy curves
     for run in results["runs"]:
         rows = train_module.read_metrics(run["folder"])
         assert run["test_acc"] == rows[-1]["test_acc"] and run["train_seconds"] == rows[-1]["seconds"] > 0

@@ -34,6 +34,7 @@ The experiment folder receives:
     results.json      every finished run: variant, seed, test accuracy, training seconds, params, MACs, recipe;
                       and the statistics per variant and of each SE variant minus the plain model
     results.md        the same as tables: mean +- sample std over seeds, min - max, error, params, MACs, time
+    results.png       test accuracy against epoch: each seed thin, the mean over seeds thick
 """
 import argparse
 import glob
@@ -312,7 +313,37 @@ def summarize(out):
     results = dict(experiment, runs=runs, unfinished=unfinished, stats=stats, differences=[d for d in diffs if d])
     write_json(os.path.join(out, "results.json"), results)
     atomic_write(os.path.join(out, "results.md"), lambda f: f.write(results_markdown(results).encode()))
+    if runs:
+        plot_results(out, results)
     return results
+
+
+def plot_results(out, results):
+    """OUT/results.png: test accuracy against epoch, a colour per variant (thin: each seed, thick: their mean)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for index, label in enumerate(results["stats"]):
+        color = f"C{index}"
+        curves = [[100 * row["test_acc"] for row in train_module.read_metrics(run["folder"])]
+                  for run in results["runs"] if run["variant"] == label]
+        for curve in curves:
+            axes.plot(range(1, len(curve) + 1), curve, color=color, alpha=0.35, linewidth=1)
+        mean = np.mean([curve[: min(map(len, curves))] for curve in curves], axis=0)
+        axes.plot(range(1, len(mean) + 1), mean, color=color, linewidth=2.5, marker="o",
+                  label=f"{label} ({len(curves)} seed{'s' if len(curves) > 1 else ''})")
+    recipe = results["runs"][0]["recipe"]
+    images = f"{recipe['train_subset']:,}" if recipe["train_subset"] else "all"
+    title = f"{results['name']}: {recipe['epochs']} epochs on {images} training images, {recipe['schedule']} lr"
+    axes.set(xlabel="epoch", ylabel="test accuracy (%)", title=title, xticks=range(1, recipe["epochs"] + 1))
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    atomic_write(os.path.join(out, "results.png"), lambda f: figure.savefig(f, format="png", dpi=100))
+    plt.close(figure)
 
 
 def recipe_line(recipe):
