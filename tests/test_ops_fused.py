@@ -1,4 +1,4 @@
-"""The fused ops (tinyse.ops.fused): relu(batch_norm(x)) and relu(u * s + shortcut) as single ops.
+"""The fused ops (tinyse.ops.fused): relu(batch_norm(x)), relu(u * s + shortcut), relu(u + shortcut).
 
 Each must equal its chain of separate tinyse ops (the obvious version), PyTorch's
 composition of the same ops (forward and every gradient), and finite differences;
@@ -112,6 +112,24 @@ def test_se_scale_add_relu_matches_torch(dtype, device, shape, seed):
                          seed)
 
 
+@given(shape=nchw, seed=seeds)
+def test_add_relu_equals_the_chain(shape, seed):
+    """Without gates (a residual unit without SE): relu(u + shortcut), forward and both gradients."""
+    u, shortcut, grad_out = random(shape, seed), random(shape, seed + 1), random(shape, seed + 2)
+    fused = gradients_of(F.add_relu, [u, shortcut], grad_out)
+    chain = gradients_of(lambda a, b: F.relu(a + b), [u, shortcut], grad_out)
+    for got, expected in zip(fused, chain):
+        assert rel_error(got, expected) < TORCH_TOLERANCE[np.float64]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@given(shape=nchw, seed=seeds)
+def test_add_relu_matches_torch(dtype, device, shape, seed):
+    arrays = [random(shape, seed, dtype), random(shape, seed + 1, dtype)]
+    assert_matches_torch(F.add_relu, lambda u, r: TF.relu(u + r), arrays, device, seed)
+
+
 def test_se_scale_add_relu_gradcheck():
     rng = np.random.default_rng(7)
     u, s = rng.standard_normal((2, 3, 3, 2)), rng.standard_normal((2, 3))
@@ -137,6 +155,7 @@ def test_cupy_kernels_equal_the_numpy_path(device):
     cases = [
         (bn_relu_fused(True), [rng.standard_normal(shape), rng.standard_normal(5), rng.standard_normal(5)]),
         (F.se_scale_add_relu, [rng.standard_normal(shape), rng.standard_normal(shape[:2]), rng.standard_normal(shape)]),
+        (F.add_relu, [rng.standard_normal(shape), rng.standard_normal(shape)]),
     ]
     for fn, arrays in cases:
         arrays = [a.astype(np.float32) for a in arrays]

@@ -177,4 +177,9 @@ def se_scale(u, s):
 
 def se_scale_add_relu(u, s, shortcut):
     """relu(se_scale(u, s) + shortcut) as one op (``tinyse.ops.fused``): the end of an SE residual unit."""
-    return fused.SEScaleAddReLU()(u, s, shortcut)
+    return fused.ScaleAddReLU()(u, s, shortcut)
+
+
+def add_relu(u, shortcut):
+    """relu(u + shortcut) as one op (``tinyse.ops.fused``): the end of a residual unit."""
+    return fused.ScaleAddReLU()(u, None, shortcut)

@@ -80,7 +80,7 @@ class ResidualUnit(Module):
             return self.se(branch, identity)
         if where == "identity":
             identity = se(identity)
-        out = F.relu(branch + identity)
+        out = F.add_relu(branch, identity)
         return se(out) if where == "post" else out
 
 

@@ -1,7 +1,8 @@
 """Fused chains of elementwise ops: one pass over memory, and one GPU kernel, instead of three.
 
     BatchNormReLU   y = relu(batch_norm(x))                          (conv -> bn -> relu, in every block)
-    SEScaleAddReLU  y = relu(u * s[:, :, None, None] + shortcut)     (the end of a residual unit with SE)
+    ScaleAddReLU    y = relu(u * s[:, :, None, None] + shortcut)     (the end of a residual unit: SE scale,
+                                                                      or none, then the addition and ReLU)
 
 Each equals its chain of separate ops, and a test holds them equal. The backward
 is the chain's backward: the ReLU passes dL/dy where y > 0 and stops it
@@ -45,36 +46,41 @@ class BatchNormReLU(BatchNorm):
         return super().backward(relu_grad(grad_out, self.y.reshape(grad_out.shape)))
 
 
-class SEScaleAddReLU(Function):
+class ScaleAddReLU(Function):
     """y = relu(u * s[n, c] + shortcut): the SE scale, the residual addition and the ReLU in one op.
 
-    Shapes: u (N, C, H, W), s (N, C), shortcut (N, C, H, W) -> y (N, C, H, W).
+    With s = None it is relu(u + shortcut), the end of a residual unit without SE.
+    Shapes: u (N, C, H, W), s (N, C) or None, shortcut (N, C, H, W) -> y (N, C, H, W).
     Backward, with g = dL/dy where y > 0, else 0:
         dL/du = g * s[n, c],   dL/ds[n, c] = sum over h, w of g * u,   dL/dshortcut = g.
     """
 
     def forward(self, u, s, shortcut):
-        if u.ndim != 4 or s.shape != u.shape[:2] or shortcut.shape != u.shape:
+        if u.ndim != 4 or (s is not None and s.shape != u.shape[:2]) or shortcut.shape != u.shape:
             raise ValueError(
                 f"se_scale_add_relu expects u (N, C, H, W), s (N, C) and a shortcut shaped as u, "
-                f"got u {u.shape}, s {s.shape}, shortcut {shortcut.shape}"
+                f"got u {u.shape}, s {None if s is None else s.shape}, shortcut {shortcut.shape}"
             )
         xp = get_array_module(u, s, shortcut)
+        s_map = 1 if s is None else s[:, :, None, None]
         if xp is np:
-            y = u * s[:, :, None, None]
+            y = u * s_map if s is not None else u.copy()
             y += shortcut
             np.maximum(y, 0, out=y)
         else:
             kernel = elementwise_kernel(
-                "T u, T s, T shortcut", "T y", "T v = u * s + shortcut; y = v > 0 ? v : (T)0", "tinyse_se_scale_add_relu"
+                "T u, T s, T shortcut", "T y", "T v = u * s + shortcut; y = v > 0 ? v : (T)0", "tinyse_scale_add_relu"
             )
-            y = kernel(u, s[:, :, None, None], shortcut)
+            y = kernel(u, s_map if s is not None else xp.ones((1, 1, 1, 1), dtype=u.dtype), shortcut)
         self.u, self.s, self.y = u, s, y
         return y
 
     def backward(self, grad_out):
         g = relu_grad(grad_out, self.y)
         xp = get_array_module(g)
-        grad_u = g * self.s[:, :, None, None] if self.needs_input_grad[0] else None
-        grad_s = xp.einsum("nchw,nchw->nc", g, self.u) if self.needs_input_grad[1] else None
+        grad_u = grad_s = None
+        if self.needs_input_grad[0]:
+            grad_u = g if self.s is None else g * self.s[:, :, None, None]
+        if self.needs_input_grad[1]:
+            grad_s = xp.einsum("nchw,nchw->nc", g, self.u)
         return grad_u, grad_s, g if self.needs_input_grad[2] else None
