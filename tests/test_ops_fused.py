@@ -39,35 +39,59 @@ def gradients_of(fn, arrays, grad_out):
     return [out.data] + [t.grad for t in tensors]
 
 
-# --- batch norm + relu --------------------------------------------------------------------------
-def bn_relu_fused(training):
-    return lambda x, g, b: F.batch_norm_relu(x, g, b, None, None, training=training)
+# --- each fused op: its chain of separate tinyse ops, its torch twin, and the shapes of its inputs ---------
+def bn_relu(x, g, b):
+    return F.batch_norm_relu(x, g, b, None, None, training=True)
 
 
-def bn_relu_chain(training):
-    return lambda x, g, b: F.relu(F.batch_norm(x, g, b, None, None, training=training))
+FUSED = {  # name: (fused op, the same as separate tinyse ops, the same in torch, input shapes from an NCHW shape)
+    "batch_norm_relu": (
+        bn_relu,
+        lambda x, g, b: F.relu(F.batch_norm(x, g, b, None, None, training=True)),
+        lambda x, g, b: TF.relu(TF.batch_norm(x, None, None, g, b, True)),
+        lambda shape: [shape, shape[1:2], shape[1:2]],
+    ),
+    "se_scale_add_relu": (
+        F.se_scale_add_relu,
+        lambda u, s, r: F.relu(F.se_scale(u, s) + r),
+        lambda u, s, r: TF.relu(u * s[:, :, None, None] + r),
+        lambda shape: [shape, shape[:2], shape],
+    ),
+    "add_relu": (  # without gates: a residual unit without SE
+        F.add_relu,
+        lambda u, r: F.relu(u + r),
+        lambda u, r: TF.relu(u + r),
+        lambda shape: [shape, shape],
+    ),
+}
 
 
+def fused_inputs(name, shape, seed, dtype=np.float64):
+    if name == "batch_norm_relu":
+        assume(shape[0] * shape[2] * shape[3] > 1)  # batch norm needs more than one value per channel
+    return [random(input_shape, seed + k, dtype) for k, input_shape in enumerate(FUSED[name][3](shape))]
+
+
+@pytest.mark.parametrize("name", FUSED)
 @given(shape=nchw, seed=seeds)
-def test_batch_norm_relu_equals_the_chain(shape, seed):
-    """Forward and the gradients of x, gamma and beta equal relu(batch_norm(...)) run as two ops."""
-    assume(shape[0] * shape[2] * shape[3] > 1)
-    x, gamma, beta = random(shape, seed), random(shape[1:2], seed + 1), random(shape[1:2], seed + 2)
+def test_fused_op_equals_the_chain(name, shape, seed):
+    """Forward and the gradient of every input equal the same chain run as separate ops."""
+    fused_op, chain, _, _ = FUSED[name]
+    arrays = fused_inputs(name, shape, seed)
     grad_out = random(shape, seed + 3)
-    fused = gradients_of(bn_relu_fused(True), [x, gamma, beta], grad_out)
-    chain = gradients_of(bn_relu_chain(True), [x, gamma, beta], grad_out)
-    for got, expected in zip(fused, chain):
+    fused = gradients_of(fused_op, arrays, grad_out)
+    separate = gradients_of(chain, arrays, grad_out)
+    for got, expected in zip(fused, separate):
         assert rel_error(got, expected) < TORCH_TOLERANCE[np.float64]
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", FUSED)
 @given(shape=nchw, seed=seeds)
-def test_batch_norm_relu_matches_torch(dtype, device, shape, seed):
-    assume(shape[0] * shape[2] * shape[3] > 1)
-    arrays = [random(shape, seed, dtype), random(shape[1:2], seed + 1, dtype), random(shape[1:2], seed + 2, dtype)]
-    assert_matches_torch(bn_relu_fused(True), lambda x, g, b: TF.relu(TF.batch_norm(x, None, None, g, b, True)),
-                         arrays, device, seed)
+def test_fused_op_matches_torch(name, dtype, device, shape, seed):
+    fused_op, _, torch_fn, _ = FUSED[name]
+    assert_matches_torch(fused_op, torch_fn, fused_inputs(name, shape, seed, dtype), device, seed)
 
 
 def test_batch_norm_relu_gradcheck():
@@ -77,7 +101,7 @@ def test_batch_norm_relu_gradcheck():
     gamma, beta = np.array([1.3, -0.7]), np.array([0.05, 0.1])
     pre_relu = F.batch_norm(Tensor(x), Tensor(gamma), Tensor(beta)).data
     assert np.abs(pre_relu).min() > 1e-3
-    assert gradcheck(bn_relu_fused(True), x, gamma, beta) < GRADCHECK_TOLERANCE
+    assert gradcheck(bn_relu, x, gamma, beta) < GRADCHECK_TOLERANCE
 
 
 def test_batch_norm_relu_in_eval_mode_uses_running_statistics():
@@ -89,47 +113,6 @@ def test_batch_norm_relu_in_eval_mode_uses_running_statistics():
 
 
 # --- SE scale + residual add + relu ----------------------------------------------------------------
-def scale_add_relu_chain(u, s, shortcut):
-    return F.relu(F.se_scale(u, s) + shortcut)
-
-
-@given(shape=nchw, seed=seeds)
-def test_se_scale_add_relu_equals_the_chain(shape, seed):
-    u, s, shortcut = random(shape, seed), random(shape[:2], seed + 1), random(shape, seed + 2)
-    grad_out = random(shape, seed + 3)
-    fused = gradients_of(F.se_scale_add_relu, [u, s, shortcut], grad_out)
-    chain = gradients_of(scale_add_relu_chain, [u, s, shortcut], grad_out)
-    for got, expected in zip(fused, chain):
-        assert rel_error(got, expected) < TORCH_TOLERANCE[np.float64]
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", DTYPES)
-@given(shape=nchw, seed=seeds)
-def test_se_scale_add_relu_matches_torch(dtype, device, shape, seed):
-    arrays = [random(shape, seed, dtype), random(shape[:2], seed + 1, dtype), random(shape, seed + 2, dtype)]
-    assert_matches_torch(F.se_scale_add_relu, lambda u, s, r: TF.relu(u * s[:, :, None, None] + r), arrays, device,
-                         seed)
-
-
-@given(shape=nchw, seed=seeds)
-def test_add_relu_equals_the_chain(shape, seed):
-    """Without gates (a residual unit without SE): relu(u + shortcut), forward and both gradients."""
-    u, shortcut, grad_out = random(shape, seed), random(shape, seed + 1), random(shape, seed + 2)
-    fused = gradients_of(F.add_relu, [u, shortcut], grad_out)
-    chain = gradients_of(lambda a, b: F.relu(a + b), [u, shortcut], grad_out)
-    for got, expected in zip(fused, chain):
-        assert rel_error(got, expected) < TORCH_TOLERANCE[np.float64]
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", DTYPES)
-@given(shape=nchw, seed=seeds)
-def test_add_relu_matches_torch(dtype, device, shape, seed):
-    arrays = [random(shape, seed, dtype), random(shape, seed + 1, dtype)]
-    assert_matches_torch(F.add_relu, lambda u, r: TF.relu(u + r), arrays, device, seed)
-
-
 def test_se_scale_add_relu_gradcheck():
     rng = np.random.default_rng(7)
     u, s = rng.standard_normal((2, 3, 3, 2)), rng.standard_normal((2, 3))
@@ -152,15 +135,10 @@ def test_cupy_kernels_equal_the_numpy_path(device):
     """The ElementwiseKernels (bn + relu, scale + add + relu, and the ReLU's backward) give NumPy's numbers."""
     rng = np.random.default_rng(8)
     shape = (4, 5, 6, 7)
-    cases = [
-        (bn_relu_fused(True), [rng.standard_normal(shape), rng.standard_normal(5), rng.standard_normal(5)]),
-        (F.se_scale_add_relu, [rng.standard_normal(shape), rng.standard_normal(shape[:2]), rng.standard_normal(shape)]),
-        (F.add_relu, [rng.standard_normal(shape), rng.standard_normal(shape)]),
-    ]
-    for fn, arrays in cases:
-        arrays = [a.astype(np.float32) for a in arrays]
+    for fused_op, _, _, input_shapes in FUSED.values():
+        arrays = [rng.standard_normal(input_shape).astype(np.float32) for input_shape in input_shapes(shape)]
         grad_out = rng.standard_normal(shape).astype(np.float32)
-        on_cpu = gradients_of(fn, arrays, grad_out)
-        on_gpu = gradients_of(fn, [to_device(a, device) for a in arrays], to_device(grad_out, device))
+        on_cpu = gradients_of(fused_op, arrays, grad_out)
+        on_gpu = gradients_of(fused_op, [to_device(a, device) for a in arrays], to_device(grad_out, device))
         for got, expected in zip(on_gpu, on_cpu):
             assert rel_error(got, expected) < TORCH_TOLERANCE[np.float32]

@@ -24,12 +24,12 @@ import time
 import numpy as np
 
 from tinyse.backend import device_of, module_for_device, to_device
-from tinyse.checkpoint import atomic_write, load_checkpoint
+from tinyse.checkpoint import atomic_write
 from tinyse.data import DATASETS, DataError, load_cifar, normalize
+from tinyse.evaluate import load_trained_model
 from tinyse.nn import SEBlock
 from tinyse.progress import Progress
 from tinyse.tensor import Tensor, no_grad
-from tinyse.train import build_model
 
 HIGH, LOW = 0.99, 0.01  # a gate above HIGH passes its channel whole, one below LOW shuts it
 EPSILON = 1e-8  # added to the within-class variance: a channel that never varies counts 0, not 0 / 0
@@ -320,13 +320,10 @@ def analyze_checkpoint(path, out=None, per_class=50, all_blocks=False, data_dir=
     path = find_checkpoint(path)
     if per_class < 1:
         raise ValueError(f"--per-class must be at least 1, got {per_class}")
-    weights, _, meta = load_checkpoint(path)
-    config = dict(meta["config"], device=device)
+    model, config, meta = load_trained_model(path, device)
     num_classes = DATASETS[config["dataset"]]["num_classes"]
-    model = build_model(config, num_classes)
     if not se_blocks(model):
         raise ValueError(f"{path} holds a {config['model']}, which has no SE blocks: analyze an se_ model")
-    model.load_state_dict(weights)
     data = load_cifar(config["dataset"], root=data_dir or config.get("data_dir"))
     chosen = first_per_class(data.test_labels, per_class, num_classes)
     images = normalize(data.test_images[chosen], data.mean, data.std)

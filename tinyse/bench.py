@@ -63,7 +63,9 @@ import numpy as np
 import tinyse.functional as F
 from tinyse import models, nn
 from tinyse.backend import module_for_device, to_device
+from tinyse.data import BatchLoader, load_cifar
 from tinyse.optim import SGD
+from tinyse.progress import Progress
 from tinyse.tensor import Tensor, no_grad
 
 LIBRARIES = ("tinyse", "torch")
@@ -253,9 +255,6 @@ def torch_epoch(model_name, device, data_dir, batch, seed=0):
     The twin of ``python -m tinyse.train --model MODEL --epochs 1 --val-split 0``: the same data
     loader (tinyse's crops and flips, in the training loop's thread), batch, optimiser and lr.
     """
-    from tinyse.data import BatchLoader, load_cifar
-    from tinyse.progress import Progress
-
     torch = torch_twins().torch
     target = torch_device(device)
     data = load_cifar("cifar10", root=data_dir)
@@ -767,7 +766,8 @@ def main(argv=None):
         finally:
             torch.set_num_threads(previous_threads)
         print(f"torch {torch.__version__}, {args.threads} threads, {args.device}: {args.torch_epoch} trained one "
-              f"CIFAR-10 epoch ({images:,} images, batch {args.batch}) in {seconds:.1f} s ({images / seconds:.0f} img/s)")
+              f"CIFAR-10 epoch ({images:,} images, batch {args.batch}) in {seconds:.1f} s "
+              f"({images / seconds:.0f} img/s)")
         return {"model": args.torch_epoch, "seconds": seconds, "images": images}
     try:
         report = run(args)

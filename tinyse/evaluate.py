@@ -10,7 +10,7 @@ import numpy as np
 
 from tinyse.backend import module_for_device, to_device
 from tinyse.checkpoint import load_checkpoint
-from tinyse.data import BatchLoader, DataError, load_cifar
+from tinyse.data import DATASETS, BatchLoader, DataError, load_cifar
 from tinyse.tensor import no_grad
 from tinyse.train import build_model
 
@@ -44,12 +44,18 @@ def format_report(report, dataset):
     return "\n".join(lines)
 
 
-def evaluate_checkpoint(path, data_dir=None, device="cpu", batch_size=256):
+def load_trained_model(path, device="cpu"):
+    """(model with the checkpoint's weights on ``device``, the run's config, the checkpoint's meta)."""
     weights, _, meta = load_checkpoint(path)
     config = dict(meta["config"], device=device)
-    data = load_cifar(config["dataset"], root=data_dir or config.get("data_dir"))
-    model = build_model(config, len(data.classes))
+    model = build_model(config, DATASETS[config["dataset"]]["num_classes"])
     model.load_state_dict(weights)
+    return model, config, meta
+
+
+def evaluate_checkpoint(path, data_dir=None, device="cpu", batch_size=256):
+    model, config, meta = load_trained_model(path, device)
+    data = load_cifar(config["dataset"], root=data_dir or config.get("data_dir"))
     loader = BatchLoader(data.test_images, data.test_labels, batch_size, data.mean, data.std, device=device)
     report = accuracy_report(predict(model, loader), data.test_labels, data.classes)
     print(f"{path}: {config['model']} on {config['dataset']}, after epoch {meta['state']['epoch']}")

@@ -141,14 +141,21 @@ def im2col_rows(x, kh, kw, padding):
     return cols.reshape(n, c, kh, kw, oh, wp)
 
 
-def columns(x, kh, kw, stride, padding, groups):
-    """im2col of a chunk as the matrices the products need: (N, G, K, OH*RW), and RW.
+def row_width(width, kw, stride, padding):
+    """RW, the width of an output row in cols: Wp = W + 2P for stride 1 (``im2col_rows``), else OW."""
+    return width + 2 * padding if stride == 1 else output_size(width, kw, stride, padding)
 
-    RW is the width of an output row in cols: Wp for stride 1 (``im2col_rows``), else OW.
-    """
+
+def columns(x, kh, kw, stride, padding, groups):
+    """im2col of a chunk as the matrices the products need: (N, G, K, OH*RW)."""
     cols = im2col_rows(x, kh, kw, padding) if stride == 1 else im2col(x, kh, kw, stride, padding)
-    n, c, _, _, oh, row_width = cols.shape
-    return cols.reshape(n, groups, c // groups * kh * kw, oh * row_width), row_width
+    n, c, _, _, oh, rw = cols.shape
+    return cols.reshape(n, groups, c // groups * kh * kw, oh * rw)
+
+
+def bytes_per_image(col_rows, product_rows, oh, rw, itemsize):
+    """Work arrays of one image in a chunk: ``col_rows`` rows of cols and ``product_rows`` of products, OH*RW each."""
+    return (col_rows + product_rows) * oh * rw * itemsize
 
 
 def conv_forward(x, weight, stride, padding, groups):
@@ -158,14 +165,15 @@ def conv_forward(x, weight, stride, padding, groups):
     o, cg, kh, kw = weight.shape
     oh, ow = output_size(h, kh, stride, padding), output_size(w, kw, stride, padding)
     weight_rows = weight.reshape(groups, o // groups, cg * kh * kw)  # (G, Og, K)
+    rw = row_width(w, kw, stride, padding)
     y = xp.empty((n, o, oh, ow), dtype=x.dtype)
 
     def run(start, stop):
-        cols, row_width = columns(x[start:stop], kh, kw, stride, padding, groups)  # (B, G, K, OH*RW)
+        cols = columns(x[start:stop], kh, kw, stride, padding, groups)  # (B, G, K, OH*RW)
         y_rows = weight_rows @ cols  # (B, G, Og, OH*RW)
-        y[start:stop] = y_rows.reshape(stop - start, o, oh, row_width)[..., :ow]
+        y[start:stop] = y_rows.reshape(stop - start, o, oh, rw)[..., :ow]
 
-    for_each_chunk(xp, n, (c * kh * kw + o) * oh * (w + 2 * padding) * x.itemsize, run)
+    for_each_chunk(xp, n, bytes_per_image(c * kh * kw, o, oh, rw, x.itemsize), run)
     return y
 
 
@@ -174,18 +182,18 @@ def conv_weight_grad(x, grad_out, weight_shape, stride, padding, groups):
     xp = get_array_module(x, grad_out)
     n, o, oh, ow = grad_out.shape
     kh, kw = weight_shape[2:]
-    width = x.shape[3] + 2 * padding
+    rw = row_width(x.shape[3], kw, stride, padding)
 
     def run(start, stop):
-        cols, row_width = columns(x[start:stop], kh, kw, stride, padding, groups)  # (B, G, K, OH*RW)
+        cols = columns(x[start:stop], kh, kw, stride, padding, groups)  # (B, G, K, OH*RW)
         grad_rows = grad_out[start:stop]
-        if row_width != ow:  # zeros at the junk entries of each row, so they add nothing
-            grad_rows = xp.zeros((stop - start, o, oh, row_width), dtype=grad_out.dtype)
+        if rw != ow:  # zeros at the junk entries of each row, so they add nothing
+            grad_rows = xp.zeros((stop - start, o, oh, rw), dtype=grad_out.dtype)
             grad_rows[..., :ow] = grad_out[start:stop]
-        grad_rows = grad_rows.reshape(stop - start, groups, o // groups, oh * row_width)
+        grad_rows = grad_rows.reshape(stop - start, groups, o // groups, oh * rw)
         return (grad_rows @ cols.transpose(0, 1, 3, 2)).sum(axis=0)  # (G, Og, K)
 
-    partial_sums = for_each_chunk(xp, n, (x.shape[1] * kh * kw + o) * oh * width * x.itemsize, run)
+    partial_sums = for_each_chunk(xp, n, bytes_per_image(x.shape[1] * kh * kw, o, oh, rw, x.itemsize), run)
     return sum(partial_sums).reshape(weight_shape)
 
 
@@ -193,7 +201,8 @@ def flipped_transposed(weight, groups):
     """W (O, C/G, KH, KW) -> W' (C, O/G, KH, KW), W'[c, o, i, j] = W[o, c, KH-1-i, KW-1-j] within each group."""
     o, cg, kh, kw = weight.shape
     per_group = weight.reshape(groups, o // groups, cg, kh, kw).transpose(0, 2, 1, 3, 4)  # (G, Cg, Og, KH, KW)
-    return get_array_module(weight).ascontiguousarray(per_group[..., ::-1, ::-1]).reshape(groups * cg, o // groups, kh, kw)
+    flipped = get_array_module(weight).ascontiguousarray(per_group[..., ::-1, ::-1])
+    return flipped.reshape(groups * cg, o // groups, kh, kw)
 
 
 def conv_input_grad(grad_out, weight, x_shape, stride, padding, groups):
@@ -211,7 +220,7 @@ def conv_input_grad(grad_out, weight, x_shape, stride, padding, groups):
         grad_cols = (weight_cols @ grad_y).reshape(stop - start, x_shape[1], kh, kw, oh, ow)
         grad_x[start:stop] = col2im(grad_cols, (stop - start,) + tuple(x_shape[1:]), stride, padding)
 
-    for_each_chunk(xp, n, (x_shape[1] * kh * kw + o) * oh * ow * grad_out.itemsize, run)
+    for_each_chunk(xp, n, bytes_per_image(x_shape[1] * kh * kw, o, oh, ow, grad_out.itemsize), run)
     return grad_x
 
 

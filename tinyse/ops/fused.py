@@ -61,17 +61,21 @@ class ScaleAddReLU(Function):
                 f"se_scale_add_relu expects u (N, C, H, W), s (N, C) and a shortcut shaped as u, "
                 f"got u {u.shape}, s {None if s is None else s.shape}, shortcut {shortcut.shape}"
             )
-        xp = get_array_module(u, s, shortcut)
-        s_map = 1 if s is None else s[:, :, None, None]
-        if xp is np:
-            y = u * s_map if s is not None else u.copy()
-            y += shortcut
+        if get_array_module(u, s, shortcut) is np:
+            if s is None:
+                y = u + shortcut
+            else:
+                y = u * s[:, :, None, None]
+                y += shortcut
             np.maximum(y, 0, out=y)
+        elif s is None:
+            y = elementwise_kernel(
+                "T u, T shortcut", "T y", "T v = u + shortcut; y = v > 0 ? v : (T)0", "tinyse_add_relu"
+            )(u, shortcut)
         else:
-            kernel = elementwise_kernel(
+            y = elementwise_kernel(
                 "T u, T s, T shortcut", "T y", "T v = u * s + shortcut; y = v > 0 ? v : (T)0", "tinyse_scale_add_relu"
-            )
-            y = kernel(u, s_map if s is not None else xp.ones((1, 1, 1, 1), dtype=u.dtype), shortcut)
+            )(u, s[:, :, None, None], shortcut)
         self.u, self.s, self.y = u, s, y
         return y
 
