@@ -14,8 +14,16 @@ multi-threaded BLAS call fight for the same cores and run many times slower.
 
 On the GPU there is nothing to gain: the whole batch is one chunk, run in the
 calling thread.
+
+Work arrays: a chunk needs the same few arrays (padded images, columns,
+products) every step. Allocating them afresh costs more than one would think
+here: large blocks come from the operating system, and every first touch of
+a page is a fault, which two threads take in turn. So on NumPy each thread
+keeps its work arrays between calls (``workspace``); CuPy's memory pool
+already does that for the GPU.
 """
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -29,6 +37,8 @@ CACHE_BYTES = 1 << 21  # aim for about this many bytes of work arrays per chunk 
 
 _pool = None
 _blas = None
+_local = threading.local()  # each thread's work arrays: key -> array
+MAX_WORKSPACES = 64  # per thread; past this many different keys, the thread's arrays are dropped and remade
 
 
 def workers():
@@ -62,3 +72,26 @@ def for_each_chunk(xp, batch, bytes_per_item, run):
     starts = range(0, batch, size)
     with _blas.limit(limits=1, user_api="blas"):
         return list(_pool.map(lambda start: run(start, min(start + size, batch)), starts))
+
+
+def workspace(xp, key, shape, dtype):
+    """A work array of ``shape`` for the calling thread, zero wherever its users never write.
+
+    On NumPy the array is kept (per thread, under ``key`` and the shape past the
+    first axis) and handed out again by later calls, holding what the last user
+    left; a call with a smaller first axis gets a view of its leading part. It
+    was zero when made, so the rule for users is: under one key, always write
+    the same entries, and the rest stay zero. ``key`` must therefore name the
+    pattern written (the op, and sizes such as padding that place the data).
+    On CuPy it is a fresh array of zeros each call.
+    """
+    if xp is not np:
+        return xp.zeros(shape, dtype=dtype)
+    arrays = _local.__dict__.setdefault("arrays", {})
+    full_key = (key, tuple(shape[1:]), np.dtype(dtype))
+    array = arrays.get(full_key)
+    if array is None or array.shape[0] < shape[0]:
+        if len(arrays) >= MAX_WORKSPACES:
+            arrays.clear()
+        array = arrays[full_key] = np.zeros(shape, dtype=dtype)
+    return array[: shape[0]]
