@@ -17,7 +17,9 @@ import tinyse.functional as F
 from tinyse import parallel
 from tinyse.backend import device_of, to_device
 from tinyse.gradcheck import gradcheck
-from tinyse.ops.conv import Conv2d, col2im, conv2d_naive, conv_input_grad, im2col, im2col_rows, output_size
+from tinyse.ops.conv import (
+    Conv2d, col2im, conv2d_naive, conv_input_grad, im2col, image_rows, output_size, row_width, shifted,
+)
 from tinyse.tensor import Tensor
 
 NO_LIMIT = 10**9
@@ -227,17 +229,22 @@ def test_im2col_columns_are_receptive_fields():
     n=st.integers(1, 3), c=st.integers(1, 3), h=st.integers(1, 7), w=st.integers(1, 7),
     kh=st.integers(1, 4), kw=st.integers(1, 4), padding=st.integers(0, 2), seed=st.integers(0, 2**16),
 )
-def test_im2col_rows_equals_im2col_after_cropping(n, c, h, w, kh, kw, padding, seed):
-    """The fast stride-1 copy (one contiguous run per kernel offset) holds the same columns as im2col.
+def test_shifted_row_views_equal_im2col_after_cropping(n, c, h, w, kh, kw, padding, seed):
+    """The stride-1 fast path's views (one contiguous run of the row layout per kernel offset) hold im2col's columns.
 
     Its rows are RW = max(W + P, OW) wide (the P zeros after a row pad both it and the next);
     the first OW entries of each are the real ones.
     """
     assume(kh <= h + 2 * padding and kw <= w + 2 * padding)
     x = np.random.default_rng(seed).standard_normal((n, c, h, w))
-    rows = im2col_rows(x, kh, kw, padding)
-    assert rows.shape[-1] == max(w + padding, output_size(w, kw, 1, padding))
-    np.testing.assert_array_equal(rows[..., : output_size(w, kw, 1, padding)], im2col(x, kh, kw, 1, padding))
+    oh, ow, rw = output_size(h, kh, 1, padding), output_size(w, kw, 1, padding), row_width(w, kw, 1, padding)
+    assert rw == max(w + padding, ow)
+    x_rows = image_rows(x, kh, kw, padding)
+    cols = im2col(x, kh, kw, 1, padding)  # (N, C, KH, KW, OH, OW)
+    for i in range(kh):
+        for j in range(kw):
+            view = shifted(x_rows, i, j, oh, rw, padding, 1).reshape(n, c, oh, rw)
+            np.testing.assert_array_equal(view[..., :ow], cols[:, :, i, j])
 
 
 @settings(max_examples=40)
@@ -279,6 +286,29 @@ def test_conv2d_in_many_chunks_equals_naive(monkeypatch, threads, stride):
     torch.nn.functional.conv2d(tx, tw, stride=stride, padding=1, groups=2).backward(torch.from_numpy(grad_out))
     assert rel_error(grad_x, tx.grad.numpy()) < TORCH_TOLERANCE[np.float64]
     assert rel_error(grad_weight, tw.grad.numpy()) < TORCH_TOLERANCE[np.float64]
+
+
+def test_conv2d_stays_right_when_calls_of_other_shapes_reuse_the_work_arrays():
+    """Work arrays are kept per thread between calls: a call must not see what an earlier one left.
+
+    (H=30, P=2) and (H=32, P=1) lay their images out in row arrays of the same shape, with the
+    data at other places; a smaller batch reuses the front of a larger one's arrays.
+    """
+    rng = np.random.default_rng(12)
+    cases = [((4, 3, 30, 30), 2), ((4, 3, 32, 31), 1), ((2, 3, 30, 30), 2), ((4, 3, 32, 31), 1), ((3, 3, 30, 30), 2)]
+    for x_shape, padding in cases:
+        x, weight = rng.standard_normal(x_shape), rng.standard_normal((5, 3, 3, 3))
+        op = Conv2d(padding=padding)
+        op.needs_input_grad = (True, True, False)
+        y = op.forward(x, weight)
+        grad_out = rng.standard_normal(y.shape)
+        grad_x, grad_weight, _ = op.backward(grad_out)
+        tx, tw = torch.from_numpy(x).requires_grad_(), torch.from_numpy(weight).requires_grad_()
+        ty = torch.nn.functional.conv2d(tx, tw, padding=padding)
+        ty.backward(torch.from_numpy(grad_out))
+        assert rel_error(y, ty.detach().numpy()) < TORCH_TOLERANCE[np.float64]
+        assert rel_error(grad_x, tx.grad.numpy()) < TORCH_TOLERANCE[np.float64]
+        assert rel_error(grad_weight, tw.grad.numpy()) < TORCH_TOLERANCE[np.float64]
 
 
 # --- 4. dtypes ------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ a page is a fault, which two threads take in turn. So on NumPy each thread
 keeps its work arrays between calls (``workspace``); CuPy's memory pool
 already does that for the GPU.
 """
+import itertools
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -48,10 +49,14 @@ def workers():
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def chunk_size(batch, bytes_per_item, n_workers=1):
-    """Items per chunk: as many as fit in CACHE_BYTES, at least 1, and at most an equal share per worker."""
-    share = -(-batch // n_workers)  # ceil(batch / n_workers)
-    return max(1, min(share, CACHE_BYTES // max(1, bytes_per_item)))
+def chunk_bounds(batch, bytes_per_item, n_workers=1):
+    """(start, stop) of each chunk: as few chunks as fit in CACHE_BYTES each, their count a multiple
+    of ``n_workers``, and their sizes within one item of each other, so that the workers finish together."""
+    fit = max(1, CACHE_BYTES // max(1, bytes_per_item))
+    n_chunks = -(-batch // fit)  # ceil(batch / fit)
+    n_chunks = min(batch, -(-n_chunks // n_workers) * n_workers)
+    bounds = [batch * k // n_chunks for k in range(n_chunks + 1)]
+    return list(itertools.pairwise(bounds))
 
 
 def for_each_chunk(xp, batch, bytes_per_item, run):
@@ -62,16 +67,16 @@ def for_each_chunk(xp, batch, bytes_per_item, run):
     the chunks run on a thread pool; on CuPy ``run(0, batch)`` is one call.
     """
     global _pool, _blas
-    n_workers = workers()
-    if xp is not np or n_workers == 1 or ThreadpoolController is None:
-        size = batch if xp is not np else chunk_size(batch, bytes_per_item)
-        return [run(start, min(start + size, batch)) for start in range(0, batch, size)]
+    if xp is not np:
+        return [run(0, batch)]
+    n_workers = workers() if ThreadpoolController is not None else 1
+    chunks = chunk_bounds(batch, bytes_per_item, n_workers)
+    if n_workers == 1:
+        return [run(start, stop) for start, stop in chunks]
     if _pool is None:
         _pool, _blas = ThreadPoolExecutor(n_workers), ThreadpoolController()
-    size = chunk_size(batch, bytes_per_item, n_workers)
-    starts = range(0, batch, size)
     with _blas.limit(limits=1, user_api="blas"):
-        return list(_pool.map(lambda start: run(start, min(start + size, batch)), starts))
+        return list(_pool.map(lambda bounds: run(*bounds), chunks))
 
 
 def workspace(xp, key, shape, dtype):

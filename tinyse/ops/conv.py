@@ -12,21 +12,23 @@ Notation
     OH, OW   output height and width: OH = (H + 2P - KH) // S + 1
     K        Cg * KH * KW, the values one filter sees at one output pixel
 
-Fast version (``Conv2d``): im2col copies each receptive field of an image into
-    one column, cols (C*KH*KW, OH*OW) per image, and the convolution is one matrix
-    product per image and group, y[n] = W (Og, K) @ cols[n].
-    Backward: dL/dW = sum over n of dL/dy[n] @ cols[n]^T. For dL/dx, col2im adds each
-    column of W^T @ dL/dy back onto the input pixels it was copied from; with stride 1
-    this equals a convolution of dL/dy with the kernel flipped in space and transposed
-    in channels, (padding KH - 1 - P), which is faster, so the stride-1 backward uses it.
-    Three choices make it fast (measured in ``python -m tinyse.bench``):
-    - the batch runs in chunks of a few images whose columns fit in a core's cache,
-      on every core (``tinyse.parallel``); the backward recomputes a chunk's columns
-      instead of keeping the whole batch's, 9x the input, in memory;
-    - with stride 1, ``im2col_rows`` copies one long contiguous run per kernel offset
-      instead of OH short rows;
-    - the products are large matrices with K = C*KH*KW, never one per kernel offset
-      with K = C, which leave BLAS mostly idle for CIFAR's 16 channels.
+Fast version (``Conv2d``), on a chunk of a few images at a time, whose work
+    arrays fit in a core's cache, on every core (``tinyse.parallel``):
+    - stride 1: no im2col. ``image_rows`` lays each image out in rows RW = W + P wide
+      (P zeros after each row pad both it and the next), flattened; the pixels that
+      kernel offset (i, j) meets, for all output pixels at once, are then one contiguous
+      run of it, a view (``shifted``). So
+          y = sum over (i, j) of W[:, :, i, j] (Og, Cg) @ shifted(i, j) (Cg, OH*RW)
+          dL/dW[:, :, i, j] = sum over images of (shifted(i, j) @ dL/dy^T)^T
+          dL/dx = the same convolution of dL/dy with the kernel flipped in space and
+                  transposed in channels, padding KH - 1 - P (equal to col2im(W^T dL/dy))
+      and the RW - OW junk entries at the end of each output row are cropped.
+      Measured in ``python -m tinyse.bench``: copying im2col's 9 columns took longer than
+      the products, and memory-bound copies do not get faster on a second core, while the
+      products do.
+    - other strides: im2col copies each receptive field into a column, cols (K, OH*OW)
+      per image, y[n] = W (Og, K) @ cols[n], dL/dW = sum over n of dL/dy[n] @ cols[n]^T,
+      and col2im adds the columns of W^T @ dL/dy back onto the pixels they came from.
 Obvious version (``conv2d_naive``): a loop over output pixels, kept for the
     lessons and for a test that holds the two equal.
 """
@@ -117,103 +119,130 @@ def col2im(cols, x_shape, stride, padding):
     return x[:, :, padding : padding + h, padding : padding + w]
 
 
-def im2col_rows(x, kh, kw, padding, out=None):
-    """im2col for stride 1 in long contiguous copies: cols (N, C, KH, KW, OH, RW), RW = max(W + P, OW).
-
-    Lay each image out as rows RW wide: its W pixels, then P zeros. Those P zeros
-    serve as the right padding of one row and, read past the row's end, as the
-    left padding of the next, so the flattened image needs no other padding
-    columns. Kernel offset (i, j) then reads a single run of OH*RW pixels,
-    instead of OH short rows of OW. The price: the output rows come out RW wide,
-    and their last RW - OW entries (one, for a 3x3 kernel with P = 1) are junk
-    to be cropped.
-    cols[..., :OW] equals im2col(x, kh, kw, 1, padding).
-    ``out``, if given, is where the columns go: (N, C*KH*KW, OH*RW) or any shape of as many entries.
-    """
-    xp = get_array_module(x)
-    n, c, h, w = x.shape
-    oh, ow = output_size(h, kh, 1, padding), output_size(w, kw, 1, padding)
-    rw = row_width(w, kw, 1, padding)
-    # P + 1 rows of zeros above the image (the first read starts P entries before it) and P + 1 below
-    x_rows = workspace(xp, ("im2col_rows", h, w, padding), (n, c, h + 2 * padding + 2, rw), x.dtype)
-    x_rows[:, :, padding + 1 : padding + 1 + h, :w] = x
-    x_flat = x_rows.reshape(n, c, -1)
-    shape = (n, c, kh, kw, oh * rw)
-    cols = xp.empty(shape, dtype=x.dtype) if out is None else out.reshape(shape)
-    for i in range(kh):
-        for j in range(kw):
-            start = (i + 1) * rw + j - padding  # where padded pixel (i, j) sits in x_flat
-            cols[:, :, i, j] = x_flat[:, :, start : start + oh * rw]
-    return cols.reshape(n, c, kh, kw, oh, rw)
-
-
 def row_width(width, kw, stride, padding):
-    """RW, the width of an output row in cols: max(W + P, OW) for stride 1 (``im2col_rows``), else OW."""
+    """RW, the width of an output row in the products: max(W + P, OW) for stride 1 (``image_rows``), else OW."""
     ow = output_size(width, kw, stride, padding)
     return max(width + padding, ow) if stride == 1 else ow
 
 
-def columns(x, kh, kw, stride, padding, groups):
-    """im2col of a chunk as the matrices the products need: (N, G, K, OH*RW), in this thread's workspace."""
-    xp = get_array_module(x)
+def image_rows(x, kh, kw, padding):
+    """x (N, C, H, W) as flat rows for the stride-1 shifted products: (N, C, (H + 2P + 2) * RW).
+
+    Each image row is laid out RW = max(W + P, OW) wide: its W pixels, then at
+    least P zeros. Those zeros serve as the right padding of one row and, read
+    past the row's end, as the left padding of the next, so no other padding
+    columns are needed; P + 1 rows of zeros above and below pad the top and
+    bottom. Then the OH*RW pixels that kernel offset (i, j) meets, for all
+    output pixels, are ONE contiguous run starting at ``row_start(i, j, RW, P)``:
+    a view, not a copy. The last RW - OW entries of each output row (one, for
+    a 3x3 kernel with P = 1) are junk read across a row boundary, to be cropped.
+    The array is this thread's workspace: its zeros are never written.
+    """
     n, c, h, w = x.shape
-    oh, rw = output_size(h, kh, stride, padding), row_width(w, kw, stride, padding)
-    shape = (n, groups, c // groups * kh * kw, oh * rw)
-    if stride != 1:
-        return im2col(x, kh, kw, stride, padding).reshape(shape)
-    return im2col_rows(x, kh, kw, padding, out=workspace(xp, "columns", shape, x.dtype)).reshape(shape)
+    rw = row_width(w, kw, 1, padding)
+    rows = workspace(get_array_module(x), ("image_rows", h, w, padding), (n, c, h + 2 * padding + 2, rw), x.dtype)
+    rows[:, :, padding + 1 : padding + 1 + h, :w] = x
+    return rows.reshape(n, c, -1)
 
 
-def bytes_per_image(col_rows, product_rows, oh, rw, itemsize):
-    """Work arrays of one image in a chunk: ``col_rows`` rows of cols and ``product_rows`` of products, OH*RW each."""
-    return (col_rows + product_rows) * oh * rw * itemsize
+def row_start(i, j, rw, padding):
+    """Where padded pixel (i, j), the first that kernel offset (i, j) meets, sits in ``image_rows``."""
+    return (i + 1) * rw + j - padding
+
+
+def shifted(x_rows, i, j, oh, rw, padding, groups):
+    """The (N, G, Cg, OH*RW) view of ``image_rows`` that kernel offset (i, j) meets."""
+    n, c, _ = x_rows.shape
+    start = row_start(i, j, rw, padding)
+    return x_rows[:, :, start : start + oh * rw].reshape(n, groups, c // groups, oh * rw)
+
+
+def columns(x, kh, kw, stride, padding, groups):
+    """im2col of a chunk as the matrices the strided products need: (N, G, K, OH*OW)."""
+    n, c = x.shape[:2]
+    cols = im2col(x, kh, kw, stride, padding)
+    return cols.reshape(n, groups, c // groups * kh * kw, -1)
+
+
+def bytes_per_image(rows, oh, rw, itemsize):
+    """Work arrays of one image in a chunk: ``rows`` rows of OH*RW values (inputs, columns, products)."""
+    return rows * oh * rw * itemsize
 
 
 def conv_forward(x, weight, stride, padding, groups):
-    """y (N, O, OH, OW) = W @ cols, image by image, in chunks of the batch (no bias)."""
+    """y (N, O, OH, OW), in chunks of the batch (no bias).
+
+    Stride 1: y = sum over offsets (i, j) of W[:, :, i, j] (Og, Cg) @ shifted(i, j) (Cg, OH*RW), per group.
+    Other strides: y = W (Og, K) @ cols (K, OH*OW), per image and group.
+    """
     xp = get_array_module(x, weight)
     n, c, h, w = x.shape
     o, cg, kh, kw = weight.shape
+    og = o // groups
     oh, ow = output_size(h, kh, stride, padding), output_size(w, kw, stride, padding)
-    weight_rows = weight.reshape(groups, o // groups, cg * kh * kw)  # (G, Og, K)
     rw = row_width(w, kw, stride, padding)
     y = xp.empty((n, o, oh, ow), dtype=x.dtype)
+    if stride == 1:
+        weight_offsets = xp.ascontiguousarray(weight.transpose(2, 3, 0, 1)).reshape(kh, kw, groups, og, cg)
+    else:
+        weight_rows = weight.reshape(groups, og, cg * kh * kw)  # (G, Og, K)
 
     def run(start, stop):
-        cols = columns(x[start:stop], kh, kw, stride, padding, groups)  # (B, G, K, OH*RW)
-        y_rows = workspace(xp, "conv_forward", (stop - start, groups, o // groups, oh * rw), y.dtype)
-        xp.matmul(weight_rows, cols, out=y_rows)  # (B, G, Og, OH*RW)
+        y_rows = workspace(xp, "conv_forward", (stop - start, groups, og, oh * rw), y.dtype)
+        if stride == 1:
+            x_rows = image_rows(x[start:stop], kh, kw, padding)
+            term = workspace(xp, "conv_forward_term", y_rows.shape, y.dtype)
+            for i in range(kh):
+                for j in range(kw):
+                    # (G, Og, Cg) @ (B, G, Cg, OH*RW) -> (B, G, Og, OH*RW)
+                    xp.matmul(weight_offsets[i, j], shifted(x_rows, i, j, oh, rw, padding, groups),
+                              out=term if i or j else y_rows)
+                    if i or j:
+                        y_rows += term
+        else:
+            cols = columns(x[start:stop], kh, kw, stride, padding, groups)  # (B, G, K, OH*OW)
+            xp.matmul(weight_rows, cols, out=y_rows)
         y[start:stop] = y_rows.reshape(stop - start, o, oh, rw)[..., :ow]
 
-    for_each_chunk(xp, n, bytes_per_image(c * kh * kw, o, oh, rw, x.itemsize), run)
+    work_rows = c + 2 * o if stride == 1 else c * kh * kw + o
+    for_each_chunk(xp, n, bytes_per_image(work_rows, oh, rw, x.itemsize), run)
     return y
 
 
 def conv_weight_grad(x, grad_out, weight_shape, stride, padding, groups):
-    """dL/dW (O, C/G, KH, KW): per group, the sum over images of (cols (K, OH*RW) @ dL/dy^T (OH*RW, Og))^T.
+    """dL/dW (O, C/G, KH, KW), summed over the images of a chunk, then over chunks.
 
-    The product is taken as (K, Og) = cols @ dL/dy^T, not (Og, K) = dL/dy @ cols^T: the same
+    Stride 1: dL/dW[:, :, i, j] = shifted(i, j) (Cg, OH*RW) @ dL/dy^T (OH*RW, Og), transposed, per group:
+    the input as kernel offset (i, j) met it, against the gradient of the outputs it made.
+    Other strides: dL/dW = (cols (K, OH*OW) @ dL/dy^T (OH*OW, Og))^T.
+    Both take the tall product (Cg or K rows) rather than its transpose (Og rows): the same
     numbers, but BLAS runs the tall form about 1.5x faster when Og is small (measured).
     """
     xp = get_array_module(x, grad_out)
     n, o, oh, ow = grad_out.shape
-    kh, kw = weight_shape[2:]
-    k = weight_shape[1] * kh * kw
+    cg, kh, kw = weight_shape[1:]
+    og = o // groups
     rw = row_width(x.shape[3], kw, stride, padding)
 
     def run(start, stop):
-        cols = columns(x[start:stop], kh, kw, stride, padding, groups)  # (B, G, K, OH*RW)
         grad_rows = grad_out[start:stop]
         if rw != ow:  # zeros at the junk entries of each row, so they add nothing
             grad_rows = workspace(xp, ("conv_weight_grad", ow), (stop - start, o, oh, rw), grad_out.dtype)
             grad_rows[..., :ow] = grad_out[start:stop]
-        grad_rows = grad_rows.reshape(stop - start, groups, o // groups, oh * rw)
-        products = workspace(xp, "conv_weight_products", (stop - start, groups, k, o // groups), grad_out.dtype)
-        xp.matmul(cols, grad_rows.transpose(0, 1, 3, 2), out=products)  # (B, G, K, Og)
-        return products.sum(axis=0)  # (G, K, Og)
+        grad_t = grad_rows.reshape(stop - start, groups, og, oh * rw).transpose(0, 1, 3, 2)  # (B, G, OH*RW, Og)
+        if stride != 1:
+            cols = columns(x[start:stop], kh, kw, stride, padding, groups)  # (B, G, K, OH*OW)
+            return (cols @ grad_t).sum(axis=0).reshape(groups, cg, kh, kw, og)  # (G, Cg, KH, KW, Og)
+        x_rows = image_rows(x[start:stop], kh, kw, padding)
+        products = workspace(xp, "conv_weight_products", (stop - start, kh, kw, groups, cg, og), grad_out.dtype)
+        for i in range(kh):
+            for j in range(kw):
+                xp.matmul(shifted(x_rows, i, j, oh, rw, padding, groups), grad_t, out=products[:, i, j])
+        return products.sum(axis=0).transpose(2, 3, 0, 1, 4)  # (G, Cg, KH, KW, Og)
 
-    partial_sums = for_each_chunk(xp, n, bytes_per_image(x.shape[1] * kh * kw, o, oh, rw, x.itemsize), run)
-    return sum(partial_sums).transpose(0, 2, 1).reshape(weight_shape)
+    work_rows = x.shape[1] + o if stride == 1 else x.shape[1] * kh * kw + o
+    partial_sums = for_each_chunk(xp, n, bytes_per_image(work_rows, oh, rw, x.itemsize), run)
+    return sum(partial_sums).transpose(0, 4, 1, 2, 3).reshape(weight_shape)  # (G, Og, Cg, KH, KW) -> (O, Cg, KH, KW)
 
 
 def flipped_transposed(weight, groups):
@@ -239,7 +268,7 @@ def conv_input_grad(grad_out, weight, x_shape, stride, padding, groups):
         grad_cols = (weight_cols @ grad_y).reshape(stop - start, x_shape[1], kh, kw, oh, ow)
         grad_x[start:stop] = col2im(grad_cols, (stop - start,) + tuple(x_shape[1:]), stride, padding)
 
-    for_each_chunk(xp, n, bytes_per_image(x_shape[1] * kh * kw, o, oh, ow, grad_out.itemsize), run)
+    for_each_chunk(xp, n, bytes_per_image(x_shape[1] * kh * kw + o, oh, ow, grad_out.itemsize), run)
     return grad_x
 
 

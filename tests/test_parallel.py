@@ -1,0 +1,48 @@
+"""tinyse.parallel: how a batch is cut into chunks, and the per-thread work arrays."""
+import itertools
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tinyse import parallel
+
+
+@settings(max_examples=200)
+@given(batch=st.integers(1, 300), bytes_per_item=st.integers(1, 1 << 23), n_workers=st.integers(1, 4))
+def test_chunks_cover_the_batch_in_even_pieces_for_every_worker(batch, bytes_per_item, n_workers):
+    chunks = parallel.chunk_bounds(batch, bytes_per_item, n_workers)
+    assert chunks[0][0] == 0 and chunks[-1][1] == batch
+    assert all(stop == next_start for (_, stop), (next_start, _) in itertools.pairwise(chunks))
+    sizes = [stop - start for start, stop in chunks]
+    assert min(sizes) >= 1 and max(sizes) - min(sizes) <= 1
+    fit = max(1, parallel.CACHE_BYTES // bytes_per_item)
+    assert max(sizes) <= fit or len(chunks) == batch  # each chunk fits, unless a single item does not
+    if len(chunks) < batch:
+        assert len(chunks) % n_workers == 0  # no worker waits for the last chunk alone
+
+
+def test_workspace_is_kept_per_thread_and_zero_where_never_written():
+    first = parallel.workspace(np, "test-parallel", (4, 3), np.float32)
+    assert not first.any()
+    first[:, 0] = 7
+    again = parallel.workspace(np, "test-parallel", (2, 3), np.float32)  # a smaller batch: the front of the same array
+    assert np.shares_memory(first, again) and again.shape == (2, 3)
+    assert (again[:, 0] == 7).all() and not again[:, 1:].any()
+    other = {}
+    thread = threading.Thread(target=lambda: other.setdefault("a", parallel.workspace(np, "test-parallel", (4, 3), np.float32)))
+    thread.start()
+    thread.join()
+    assert not np.shares_memory(first, other["a"]) and not other["a"].any()
+
+
+@pytest.mark.parametrize("shape", [(4, 3), (5, 3), (4, 2)])
+def test_workspace_is_remade_for_a_larger_batch_or_another_shape(shape):
+    small = parallel.workspace(np, "test-parallel-shapes", (4, 3), np.float64)
+    small[...] = 1
+    other = parallel.workspace(np, "test-parallel-shapes", shape, np.float64)
+    assert other.shape == shape
+    if shape != (4, 3):
+        assert not other.any()
