@@ -2,25 +2,25 @@
 
 Why: NumPy's copies and elementwise loops run on one core, and BLAS spreads a
 matrix product over all cores only when the product is large. A convolution
-on CIFAR-sized images is many small products and large copies. So the conv
-splits its batch into chunks of a few images, small enough that a chunk's
-im2col columns stay in the core's cache, and hands the chunks to a pool of
-threads, one per core. NumPy releases the GIL inside BLAS calls and most
-elementwise loops, so the products really run at once; slice copies
-(``a[...] = b``) hold it, so im2col's copies take turns (measured: the pool
-gains 5-8% on a training step, 30% on the 8x8 convolutions). While the pool
-runs, BLAS is held to one thread each: two threads that each start a
-multi-threaded BLAS call fight for the same cores and run many times slower.
+on CIFAR-sized images is many small products. So the conv splits its batch
+into chunks of a few images, small enough that a chunk's work arrays stay in
+the core's cache, and hands the chunks to a pool of threads, one per core.
+NumPy releases the GIL inside BLAS calls, copies and elementwise loops, so
+they really run at once. The products then get faster with every core; the
+copies, bound by memory, barely do (measured on 2 cores: two threads copying
+take about as long as one copying twice as much), which is why the stride-1
+conv avoids im2col's copies. While the pool runs, BLAS is held to one thread
+each: two threads that each start a multi-threaded BLAS call fight for the
+same cores and run many times slower.
 
 On the GPU there is nothing to gain: the whole batch is one chunk, run in the
 calling thread.
 
-Work arrays: a chunk needs the same few arrays (padded images, columns,
-products) every step. Allocating them afresh costs more than one would think
-here: large blocks come from the operating system, and every first touch of
-a page is a fault, which two threads take in turn. So on NumPy each thread
-keeps its work arrays between calls (``workspace``); CuPy's memory pool
-already does that for the GPU.
+Work arrays: a chunk needs the same few arrays (padded images, products)
+every step. On NumPy each thread keeps its work arrays between calls
+(``workspace``): no allocation, no first-touch page faults (see
+``tinyse/memory.py``), and zeros written once stay zero, which the conv's
+padded row layout relies on. CuPy's memory pool already reuses GPU memory.
 """
 import itertools
 import os
