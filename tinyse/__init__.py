@@ -3,8 +3,8 @@ import os
 
 from tinyse import functional
 from tinyse.backend import gpu_available
-from tinyse.memory import keep_freed_memory
 from tinyse.gradcheck import gradcheck
+from tinyse.memory import keep_freed_memory
 from tinyse.summary import summary
 from tinyse.tensor import Function, Tensor, is_grad_enabled, no_grad
 
