@@ -9,7 +9,9 @@ import re
 import numpy as np
 import pytest
 import torch
-from conftest import DEVICES, DTYPES, GRADCHECK_TOLERANCE, TORCH_TOLERANCE, random_array, rel_error
+from conftest import (
+    DEVICES, DTYPES, GRADCHECK_TOLERANCE, TORCH_TOLERANCE, random_array, rel_error, requires_gpu,
+)
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
@@ -222,6 +224,29 @@ def test_im2col_columns_are_receptive_fields():
         for col in range(cols.shape[5]):
             field = x_pad[:, :, row * stride : row * stride + kh, col * stride : col * stride + kw]  # (N, C, KH, KW)
             np.testing.assert_array_equal(cols[..., row, col], field)
+
+
+@requires_gpu
+@pytest.mark.gpu
+@settings(max_examples=40)
+@given(
+    n=st.integers(1, 3), c=st.integers(1, 4), h=st.integers(1, 9), w=st.integers(1, 9),
+    kh=st.integers(1, 4), kw=st.integers(1, 4), stride=st.integers(1, 3), padding=st.integers(0, 2),
+    dtype=st.sampled_from(DTYPES), seed=st.integers(0, 2**16),
+)
+def test_im2col_and_col2im_kernels_on_the_gpu_equal_the_numpy_path(n, c, h, w, kh, kw, stride, padding, dtype, seed):
+    """The CUDA kernels (one thread per value written) against the NumPy slicing loops they replace."""
+    assume(kh <= h + 2 * padding and kw <= w + 2 * padding)
+    rng = np.random.default_rng(seed)
+    oh, ow = output_size(h, kh, stride, padding), output_size(w, kw, stride, padding)
+    x = random_array(rng, (n, c, h, w), dtype)
+    cols = random_array(rng, (n, c, kh, kw, oh, ow), dtype)
+    x_cols = im2col(to_device(x, "gpu"), kh, kw, stride, padding)
+    assert device_of(x_cols) == "gpu" and x_cols.dtype == dtype
+    np.testing.assert_array_equal(to_device(x_cols, "cpu"), im2col(x, kh, kw, stride, padding))  # copies: exact
+    back = col2im(to_device(cols, "gpu"), x.shape, stride, padding)
+    assert device_of(back) == "gpu" and back.dtype == dtype
+    assert rel_error(back, col2im(cols, x.shape, stride, padding)) < TORCH_TOLERANCE[dtype]  # sums, in another order
 
 
 @settings(max_examples=40)

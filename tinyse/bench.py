@@ -23,7 +23,10 @@ Rows
     layers and the same initial weights (``torch_twin_model``):
         <model> train step      forward, cross-entropy, backward, SGD (momentum 0.9, weight decay 1e-4), batch 128
         <model> eval fwd        forward in eval mode under no_grad, batch 256
-    derived: SE overhead = SE-ResNet-20 time / ResNet-20 time, for each library.
+    The four calls of one kind of model row (both models, both libraries) alternate in one loop.
+    derived: SE overhead = SE-ResNet-20 time / ResNet-20 time, for each library: the median over rounds
+        of the ratio of the two models' times in the same round (a paired measure: a machine that is
+        slower for a while slows both models of a round alike).
     memory: an SE-ResNet-20 training step (3 steps), each library alone in a fresh process
         CPU: the process's peak RSS (ru_maxrss; VmHWM on Linux, see ``max_rss_bytes``), absolute and
              above its RSS after imports and model building
@@ -99,6 +102,7 @@ class Row:
     kind: str  # "op" or "model": picks the default warm-up and repeats
     make_tinyse: Callable[[], Callable[[], None]]
     make_torch: Callable[[], Callable[[], None]]
+    group: str = ""  # rows of one non-empty group are timed together, in one alternating loop
 
     @property
     def label(self):
@@ -125,7 +129,7 @@ def build_rows(batch=128, device="cpu"):
             rows.append(Row(
                 f"{model} {suffix}", shape, "model",
                 make_tinyse=functools.partial(tinyse_model, model, shape, device, train),
-                make_torch=functools.partial(torch_model, model, shape, device, train),
+                make_torch=functools.partial(torch_model, model, shape, device, train), group=suffix,
             ))
     return rows
 
@@ -483,22 +487,22 @@ def header(device, threads):
 def time_alternating(calls, warmup, repeats, syncs=None, clock=time.perf_counter, settle=0.0):
     """Call the callables in turn, round after round, and time each call.
 
-    calls    {library: zero-argument callable}, run in this order within a round
-    syncs    {library: zero-argument callable} waiting for the device before each clock read
+    calls    {key: zero-argument callable}, run in this order within a round
+    syncs    {key: zero-argument callable} waiting for the device before each clock read
     settle   before each timed call, repeat the same call untimed until this many seconds have
              passed. After a parallel region, OpenBLAS's and OpenMP's worker threads keep spinning
              on the cores for up to about 0.2 s, and a call of the other library that starts
              meanwhile runs several times slower (measured: a torch conv timed right after a NumPy
              matmul took 3x its time alone). Resting instead (sleep) does not work: the threads,
              and on a virtual machine the cores, go to sleep, and the timed call pays to wake them.
-    Returns {library: [seconds of each of the ``repeats`` timed calls]}; the first ``warmup``
+    Returns {key: [seconds of each of the ``repeats`` timed calls]}; the first ``warmup``
     rounds are run the same way and thrown away.
     """
     syncs = syncs or {}
-    times = {library: [] for library in calls}
+    times = {key: [] for key in calls}
     for round_index in range(warmup + repeats):
-        for library, call in calls.items():
-            sync = syncs.get(library, lambda: None)
+        for key, call in calls.items():
+            sync = syncs.get(key, lambda: None)
             sync()
             settle_until = clock() + settle
             while settle and clock() < settle_until:
@@ -509,7 +513,7 @@ def time_alternating(calls, warmup, repeats, syncs=None, clock=time.perf_counter
             sync()
             elapsed = clock() - start
             if round_index >= warmup:
-                times[library].append(elapsed)
+                times[key].append(elapsed)
     return times
 
 
@@ -523,22 +527,42 @@ def summarise(name, shape, times):
     return result
 
 
-def measure(row, warmup, repeats, syncs, settle=0.0):
-    calls = {"tinyse": row.make_tinyse(), "torch": row.make_torch()}
-    result = summarise(row.name, row.shape, time_alternating(calls, warmup, repeats, syncs, settle=settle))
+def measure(rows, warmup, repeats, syncs, settle=0.0):
+    """Time the rows together: each round calls tinyse then torch for the first row, then for the next ..."""
+    calls = {(index, library): make() for index, row in enumerate(rows)
+             for library, make in (("tinyse", row.make_tinyse), ("torch", row.make_torch))}
+    times = time_alternating(calls, warmup, repeats, {key: syncs[key[1]] for key in calls}, settle=settle)
+    results = [summarise(row.name, row.shape, {library: times[index, library] for library in LIBRARIES})
+               for index, row in enumerate(rows)]
     del calls
-    gc.collect()  # free this row's arrays before the next one is built
-    return result
+    gc.collect()  # free these rows' arrays before the next ones are built
+    return results
+
+
+def groups(rows):
+    """The rows as lists to time together: consecutive rows of one non-empty ``group``, every other row alone."""
+    batches = []
+    for row in rows:
+        if batches and row.group and batches[-1][-1].group == row.group:
+            batches[-1].append(row)
+        else:
+            batches.append([row])
+    return batches
 
 
 def se_overhead(rows):
-    """SE-ResNet-20 median / ResNet-20 median for each library, for the rows both were timed in."""
+    """For each library, the median over rounds of SE-ResNet-20's time / ResNet-20's time in that round,
+    for the kinds of model row where both were timed together."""
     by_name = {row["name"]: row for row in rows}
     overhead = {}
     for suffix in ("train step", "eval fwd"):
         plain, se = by_name.get(f"resnet20 {suffix}"), by_name.get(f"se_resnet20 {suffix}")
         if plain and se:
-            overhead[suffix] = {lib: se[lib]["median_s"] / plain[lib]["median_s"] for lib in LIBRARIES}
+            overhead[suffix] = {
+                library: statistics.median(se_s / plain_s for se_s, plain_s in
+                                           zip(se[library]["times_s"], plain[library]["times_s"], strict=True))
+                for library in LIBRARIES
+            }
     return overhead
 
 
@@ -652,7 +676,7 @@ def format_report(report):
             f"{ours['images_per_s']:>14,.0f}{theirs['images_per_s']:>13,.0f}"
         )
     for suffix, overhead in report["se_overhead"].items():
-        lines.append(f"SE overhead, se_resnet20 / resnet20 {suffix}: "
+        lines.append(f"SE overhead, se_resnet20 / resnet20 {suffix} (median of the rounds' ratios): "
                      f"tinyse {overhead['tinyse']:.3f}x, torch {overhead['torch']:.3f}x")
     if report["memory"]:
         first = report["memory"]["tinyse"]
@@ -725,12 +749,15 @@ def run(args):
                      "warmup": warmup, "repeats": repeats, "settle_s": args.settle},
         "rows": [],
     }
-    for index, row in enumerate(rows, 1):
-        print(f"[{index}/{len(rows)}] {row.label} ...", end="", file=sys.stderr, flush=True)
-        result = measure(row, warmup[row.kind], repeats[row.kind], syncs, args.settle)
-        report["rows"].append(result)
-        print(f" tinyse {result['tinyse']['median_s'] * 1e3:.2f} ms, torch {result['torch']['median_s'] * 1e3:.2f} ms",
-              file=sys.stderr, flush=True)
+    done = 0
+    for batch in groups(rows):
+        labels = " + ".join(row.label for row in batch)
+        print(f"[{done + 1}/{len(rows)}] {labels} ...", end="", file=sys.stderr, flush=True)
+        results = measure(batch, warmup[batch[0].kind], repeats[batch[0].kind], syncs, args.settle)
+        report["rows"] += results
+        done += len(batch)
+        print(", ".join(f" tinyse {result['tinyse']['median_s'] * 1e3:.2f} ms, torch "
+                        f"{result['torch']['median_s'] * 1e3:.2f} ms" for result in results), file=sys.stderr, flush=True)
     report["se_overhead"] = se_overhead(report["rows"])
     if with_memory:
         print(f"memory: {MEMORY_MODEL} training step, one fresh process per library ...", file=sys.stderr, flush=True)

@@ -32,7 +32,9 @@ Fast version (``Conv2d``), on a chunk of a few images at a time, whose work
 Obvious version (``conv2d_naive``): a loop over output pixels, kept for the
     lessons and for a test that holds the two equal.
 """
-from tinyse.backend import get_array_module
+import numpy as np
+
+from tinyse.backend import elementwise_kernel, get_array_module
 from tinyse.parallel import for_each_chunk, workspace
 from tinyse.tensor import Function
 
@@ -96,12 +98,48 @@ def check_conv2d(x_shape, weight_shape, bias_shape, stride, padding, groups):
         raise ValueError(f"conv2d: bias must have shape ({o},), got {bias_shape}")
 
 
+# The same two functions on the GPU, one CUDA thread per value written (CuPy ElementwiseKernels; ``i`` is the
+# thread's index into the output). im2col: entry i of cols (N, C, KH, KW, OH, OW) reads the input pixel it
+# copies, or writes 0 in the padding. col2im: pixel i of dL/dx (N, C, H, W) gathers the columns that copied it,
+# so no two threads write to one place.
+IM2COL_CUDA = """
+    ptrdiff_t t = i;
+    const int ox = t % ow; t /= ow;
+    const int oy = t % oh; t /= oh;
+    const int j = t % kw; t /= kw;
+    const int k = t % kh; t /= kh;                      // t = n * C + c; the kernel offset is (k, j)
+    const int row = oy * sh + k - p, col = ox * sw + j - p;
+    cols = (row >= 0 && row < h && col >= 0 && col < w) ? x[(t * h + row) * w + col] : (T)0;
+"""
+COL2IM_CUDA = """
+    ptrdiff_t t = i;
+    const int col = t % w; t /= w;
+    const int row = t % h; t /= h;                      // t = n * C + c
+    T total = 0;
+    for (int k = 0; k < kh; ++k) {
+        const int dy = row + p - k;                     // = oy * sh for the output row oy that met it
+        if (dy < 0 || dy % sh != 0 || dy / sh >= oh) continue;
+        for (int j = 0; j < kw; ++j) {
+            const int dx = col + p - j;
+            if (dx < 0 || dx % sw != 0 || dx / sw >= ow) continue;
+            total += cols[(((t * kh + k) * kw + j) * oh + dy / sh) * ow + dx / sw];
+        }
+    }
+    x = total;
+"""
+SIZES = "int32 h, int32 w, int32 kh, int32 kw, int32 oh, int32 ow, int32 sh, int32 sw, int32 p"
+
+
 def im2col(x, kh, kw, stride, padding):
     """Copy every (KH, KW) receptive field of x (N, C, H, W) into cols (N, C, KH, KW, OH, OW)."""
     n, c, h, w = x.shape
     oh, ow = output_size(h, kh, stride, padding), output_size(w, kw, stride, padding)
+    xp = get_array_module(x)
+    cols = xp.empty((n, c, kh, kw, oh, ow), dtype=x.dtype)
+    if xp is not np:
+        kernel = elementwise_kernel(f"raw T x, {SIZES}", "T cols", IM2COL_CUDA, "tinyse_im2col")
+        return kernel(xp.ascontiguousarray(x).ravel(), h, w, kh, kw, oh, ow, *pair(stride), padding, cols)
     x = pad_hw(x, padding)
-    cols = get_array_module(x).empty((n, c, kh, kw, oh, ow), dtype=x.dtype)
     for i in range(kh):
         for j in range(kw):
             cols[:, :, i, j] = x[window(i, j, stride, oh, ow)]
@@ -112,7 +150,12 @@ def col2im(cols, x_shape, stride, padding):
     """Adjoint of im2col: add each column of cols (N, C, KH, KW, OH, OW) back onto the pixels it came from."""
     n, c, h, w = x_shape
     _, _, kh, kw, oh, ow = cols.shape
-    x = get_array_module(cols).zeros((n, c, h + 2 * padding, w + 2 * padding), dtype=cols.dtype)
+    xp = get_array_module(cols)
+    if xp is not np:
+        kernel = elementwise_kernel(f"raw T cols, {SIZES}", "T x", COL2IM_CUDA, "tinyse_col2im")
+        x = xp.empty((n, c, h, w), dtype=cols.dtype)
+        return kernel(xp.ascontiguousarray(cols).ravel(), h, w, kh, kw, oh, ow, *pair(stride), padding, x)
+    x = xp.zeros((n, c, h + 2 * padding, w + 2 * padding), dtype=cols.dtype)
     for i in range(kh):
         for j in range(kw):
             x[window(i, j, stride, oh, ow)] += cols[:, :, i, j]
