@@ -30,15 +30,16 @@ def relu_grad(grad_out, y):
 class BatchNormReLU(BatchNorm):
     """y = relu(gamma x_hat + beta): batch norm (see ``BatchNorm``) with the ReLU in its last pass."""
 
-    def scale_shift(self, x_hat, gamma, beta):
-        if get_array_module(x_hat) is np or gamma is None or beta is None:
-            y = super().scale_shift(x_hat, gamma, beta)
+    def scale_shift(self, x_centered, scale, beta):
+        if get_array_module(x_centered) is np or beta is None:
+            y = super().scale_shift(x_centered, scale, beta)
             get_array_module(y).maximum(y, 0, out=y)
         else:
             kernel = elementwise_kernel(
-                "T x_hat, T gamma, T beta", "T y", "T v = x_hat * gamma + beta; y = v > 0 ? v : (T)0", "tinyse_bn_relu"
+                "T x_centered, T scale, T beta", "T y", "T v = x_centered * scale + beta; y = v > 0 ? v : (T)0",
+                "tinyse_bn_relu",
             )
-            y = kernel(x_hat, gamma[:, None], beta[:, None])
+            y = kernel(x_centered, scale[:, None], beta[:, None])
         self.y = y  # (N, C, H*W); also the next layer's input, so keeping it costs no memory
         return y
 

@@ -20,6 +20,8 @@ class BatchNorm(Function):
         training:  dL/dx = (g - mean(g) - x_hat mean(g x_hat)) / sqrt(var + eps)
                    (mu and var depend on x: the two means are their share)
         eval:      dL/dx = g / sqrt(var + eps)
+    Kept for the backward: x - mu (not x_hat = (x - mu) / sqrt(var + eps), which costs one more
+    pass over the batch to make), and 1 / sqrt(var + eps) per channel.
     """
 
     def __init__(self, running_mean=None, running_var=None, training=True, momentum=0.1, eps=1e-5):
@@ -47,13 +49,13 @@ class BatchNorm(Function):
             mu, var = self.running_mean, self.running_var
             x_centered = x - mu[:, None]
         self.inv_std = 1 / xp.sqrt(var + self.eps)  # (C,)
-        x_centered *= self.inv_std[:, None]
-        self.x_hat, self.gamma = x_centered, gamma  # x_hat (N, C, H*W)
-        return self.scale_shift(self.x_hat, gamma, beta).reshape(self.x_shape)
+        self.x_centered, self.gamma = x_centered, gamma  # x - mu (N, C, H*W)
+        scale = self.inv_std if gamma is None else gamma * self.inv_std  # y = scale (x - mu) + beta
+        return self.scale_shift(x_centered, scale, beta).reshape(self.x_shape)
 
-    def scale_shift(self, x_hat, gamma, beta):
-        """y = gamma x_hat + beta, per channel: x_hat (N, C, H*W) -> a new array of its shape."""
-        y = x_hat * gamma[:, None] if gamma is not None else x_hat.copy()
+    def scale_shift(self, x_centered, scale, beta):
+        """y = scale (x - mu) + beta, per channel: x_centered (N, C, H*W) -> a new array of its shape."""
+        y = x_centered * scale[:, None]
         if beta is not None:
             y += beta[:, None]
         return y
@@ -63,16 +65,17 @@ class BatchNorm(Function):
         grad_out = grad_out.reshape(n, c, -1)
         m = n * grad_out.shape[2]
         xp = get_array_module(grad_out)
+        inv_std = self.inv_std
         sum_grad = xp.einsum("nci->c", grad_out)  # = dL/dbeta
-        sum_grad_xhat = xp.einsum("nci,nci->c", grad_out, self.x_hat)  # = dL/dgamma
-        scale = self.inv_std if self.gamma is None else self.gamma * self.inv_std  # (C,)
+        sum_grad_xhat = xp.einsum("nci,nci->c", grad_out, self.x_centered) * inv_std  # = dL/dgamma
+        scale = inv_std if self.gamma is None else self.gamma * inv_std  # (C,)
         grad_x = None
         if self.needs_input_grad[0]:
             # training: (g - mean(g) - x_hat mean(g x_hat)) / sqrt(var + eps) with g = grad_out gamma,
-            # written as grad_out scale + x_hat a + b with per-channel a, b: three passes over the batch
+            # written as grad_out scale + (x - mu) a + b with per-channel a, b: three passes over the batch
             grad_x = grad_out * scale[:, None]
             if self.training:
-                grad_x += self.x_hat * (-scale * sum_grad_xhat / m)[:, None]
+                grad_x += self.x_centered * (-scale * inv_std * sum_grad_xhat / m)[:, None]
                 grad_x -= (scale * sum_grad / m)[:, None]
             grad_x = grad_x.reshape(self.x_shape)
         grad_gamma = sum_grad_xhat if self.needs_input_grad[1] else None
