@@ -313,6 +313,30 @@ def test_conv2d_in_many_chunks_equals_naive(monkeypatch, threads, stride):
     assert rel_error(grad_weight, tw.grad.numpy()) < TORCH_TOLERANCE[np.float64]
 
 
+@pytest.mark.parametrize("x_shape, weight_shape, padding, groups", [
+    ((3, 4, 7, 6), (6, 4, 3, 3), 1, 1),
+    ((2, 4, 5, 5), (4, 2, 3, 2), 0, 2),
+    ((2, 3, 6, 4), (3, 1, 5, 5), 2, 3),
+])
+def test_stride1_conv_through_im2col_as_on_the_gpu_equals_torch(monkeypatch, x_shape, weight_shape, padding, groups):
+    """The GPU runs stride-1 convs through im2col (``uses_shifted_rows``); here that path runs on NumPy."""
+    from tinyse.ops import conv
+    monkeypatch.setattr(conv, "uses_shifted_rows", lambda xp, stride: False)
+    rng = np.random.default_rng(5)
+    x, weight = rng.standard_normal(x_shape), rng.standard_normal(weight_shape)
+    op = Conv2d(stride=1, padding=padding, groups=groups)
+    op.needs_input_grad = (True, True, False)
+    y = op.forward(x, weight)
+    grad_out = rng.standard_normal(y.shape)
+    grad_x, grad_weight, _ = op.backward(grad_out)
+    tx, tw = torch.from_numpy(x).requires_grad_(), torch.from_numpy(weight).requires_grad_()
+    expected = torch.nn.functional.conv2d(tx, tw, padding=padding, groups=groups)
+    expected.backward(torch.from_numpy(grad_out))
+    assert rel_error(y, expected) < TORCH_TOLERANCE[np.float64]
+    assert rel_error(grad_x, tx.grad.numpy()) < TORCH_TOLERANCE[np.float64]
+    assert rel_error(grad_weight, tw.grad.numpy()) < TORCH_TOLERANCE[np.float64]
+
+
 def test_conv2d_stays_right_when_calls_of_other_shapes_reuse_the_work_arrays():
     """Work arrays are kept per thread between calls: a call must not see what an earlier one left.
 

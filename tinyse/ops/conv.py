@@ -14,7 +14,7 @@ Notation
 
 Fast version (``Conv2d``), on a chunk of a few images at a time, whose work
     arrays fit in a core's cache, on every core (``tinyse.parallel``):
-    - stride 1: no im2col. ``image_rows`` lays each image out in rows RW = W + P wide
+    - stride 1, on the CPU: no im2col. ``image_rows`` lays each image out in rows RW = W + P wide
       (P zeros after each row pad both it and the next), flattened; the pixels that
       kernel offset (i, j) meets, for all output pixels at once, are then one contiguous
       run of it, a view (``shifted``). So
@@ -26,9 +26,10 @@ Fast version (``Conv2d``), on a chunk of a few images at a time, whose work
       Measured in ``python -m tinyse.bench``: copying im2col's 9 columns took longer than
       the products, and memory-bound copies do not get faster on a second core, while the
       products do.
-    - other strides: im2col copies each receptive field into a column, cols (K, OH*OW)
-      per image, y[n] = W (Og, K) @ cols[n], dL/dW = sum over n of dL/dy[n] @ cols[n]^T,
-      and col2im adds the columns of W^T @ dL/dy back onto the pixels they came from.
+    - other strides, and on the GPU (``uses_shifted_rows``): im2col copies each receptive
+      field into a column, cols (K, OH*OW) per image, y[n] = W (Og, K) @ cols[n],
+      dL/dW = sum over n of dL/dy[n] @ cols[n]^T, and col2im adds the columns of
+      W^T @ dL/dy back onto the pixels they came from.
 Obvious version (``conv2d_naive``): a loop over output pixels, kept for the
     lessons and for a test that holds the two equal.
 """
@@ -168,6 +169,15 @@ def row_width(width, kw, stride, padding):
     return max(width + padding, ow) if stride == 1 else ow
 
 
+def uses_shifted_rows(xp, stride):
+    """Which fast version runs: the shifted row views on the CPU at stride 1; im2col everywhere else.
+
+    On the GPU, im2col is one CUDA kernel and the product one batched call, where the shifted
+    views would take 9 products, each on a copy (cuBLAS wants contiguous operands), and 8 additions.
+    """
+    return stride == 1 and xp is np
+
+
 def image_rows(x, kh, kw, padding):
     """x (N, C, H, W) as flat rows for the stride-1 shifted products: (N, C, (H + 2P + 2) * RW).
 
@@ -223,16 +233,17 @@ def conv_forward(x, weight, stride, padding, groups):
     o, cg, kh, kw = weight.shape
     og = o // groups
     oh, ow = output_size(h, kh, stride, padding), output_size(w, kw, stride, padding)
-    rw = row_width(w, kw, stride, padding)
+    shifted_rows = uses_shifted_rows(xp, stride)
+    rw = row_width(w, kw, stride, padding) if shifted_rows else ow
     y = xp.empty((n, o, oh, ow), dtype=x.dtype)
-    if stride == 1:
+    if shifted_rows:
         weight_offsets = xp.ascontiguousarray(weight.transpose(2, 3, 0, 1)).reshape(kh, kw, groups, og, cg)
     else:
         weight_rows = weight.reshape(groups, og, cg * kh * kw)  # (G, Og, K)
 
     def run(start, stop):
         y_rows = workspace(xp, "conv_forward", (stop - start, groups, og, oh * rw), y.dtype)
-        if stride == 1:
+        if shifted_rows:
             x_rows = image_rows(x[start:stop], kh, kw, padding)
             term = workspace(xp, "conv_forward_term", y_rows.shape, y.dtype)
             for i in range(kh):
@@ -247,7 +258,7 @@ def conv_forward(x, weight, stride, padding, groups):
             xp.matmul(weight_rows, cols, out=y_rows)
         y[start:stop] = y_rows.reshape(stop - start, o, oh, rw)[..., :ow]
 
-    work_rows = c + 2 * o if stride == 1 else c * kh * kw + o
+    work_rows = c + 2 * o if shifted_rows else c * kh * kw + o
     for_each_chunk(xp, n, bytes_per_image(work_rows, oh, rw, x.itemsize), run)
     return y
 
@@ -265,7 +276,8 @@ def conv_weight_grad(x, grad_out, weight_shape, stride, padding, groups):
     n, o, oh, ow = grad_out.shape
     cg, kh, kw = weight_shape[1:]
     og = o // groups
-    rw = row_width(x.shape[3], kw, stride, padding)
+    shifted_rows = uses_shifted_rows(xp, stride)
+    rw = row_width(x.shape[3], kw, stride, padding) if shifted_rows else ow
 
     def run(start, stop):
         grad_rows = grad_out[start:stop]
@@ -273,7 +285,7 @@ def conv_weight_grad(x, grad_out, weight_shape, stride, padding, groups):
             grad_rows = workspace(xp, ("conv_weight_grad", ow), (stop - start, o, oh, rw), grad_out.dtype)
             grad_rows[..., :ow] = grad_out[start:stop]
         grad_t = grad_rows.reshape(stop - start, groups, og, oh * rw).transpose(0, 1, 3, 2)  # (B, G, OH*RW, Og)
-        if stride != 1:
+        if not shifted_rows:
             cols = columns(x[start:stop], kh, kw, stride, padding, groups)  # (B, G, K, OH*OW)
             return (cols @ grad_t).sum(axis=0).reshape(groups, cg, kh, kw, og)  # (G, Cg, KH, KW, Og)
         x_rows = image_rows(x[start:stop], kh, kw, padding)
@@ -283,7 +295,7 @@ def conv_weight_grad(x, grad_out, weight_shape, stride, padding, groups):
                 xp.matmul(shifted(x_rows, i, j, oh, rw, padding, groups), grad_t, out=products[:, i, j])
         return products.sum(axis=0).transpose(2, 3, 0, 1, 4)  # (G, Cg, KH, KW, Og)
 
-    work_rows = x.shape[1] + o if stride == 1 else x.shape[1] * kh * kw + o
+    work_rows = x.shape[1] + o if shifted_rows else x.shape[1] * kh * kw + o
     partial_sums = for_each_chunk(xp, n, bytes_per_image(work_rows, oh, rw, x.itemsize), run)
     return sum(partial_sums).transpose(0, 4, 1, 2, 3).reshape(weight_shape)  # (G, Og, Cg, KH, KW) -> (O, Cg, KH, KW)
 
