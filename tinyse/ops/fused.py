@@ -15,31 +15,24 @@ the forward and the ReLU's backward are each one ``ElementwiseKernel``.
 import numpy as np
 
 from tinyse.backend import elementwise_kernel, get_array_module
+from tinyse.ops.activation import relu_grad
 from tinyse.ops.norm import BatchNorm
 from tinyse.tensor import Function
-
-
-def relu_grad(grad_out, y):
-    """dL/d(input of the ReLU) = dL/dy where y = relu(...) > 0, else 0."""
-    if get_array_module(grad_out, y) is np:
-        return grad_out * (y > 0)
-    kernel = elementwise_kernel("T grad, T y", "T grad_in", "grad_in = y > 0 ? grad : (T)0", "tinyse_relu_grad")
-    return kernel(grad_out, y)
 
 
 class BatchNormReLU(BatchNorm):
     """y = relu(gamma x_hat + beta): batch norm (see ``BatchNorm``) with the ReLU in its last pass."""
 
-    def scale_shift(self, x_centered, scale, beta):
-        if get_array_module(x_centered) is np or beta is None:
-            y = super().scale_shift(x_centered, scale, beta)
+    def scale_shift(self, values, scale, shift):
+        if get_array_module(values) is np or shift is None:
+            y = super().scale_shift(values, scale, shift)
             get_array_module(y).maximum(y, 0, out=y)
         else:
             kernel = elementwise_kernel(
-                "T x_centered, T scale, T beta", "T y", "T v = x_centered * scale + beta; y = v > 0 ? v : (T)0",
+                "T values, T scale, T shift", "T y", "T v = values * scale + shift; y = v > 0 ? v : (T)0",
                 "tinyse_bn_relu",
             )
-            y = kernel(x_centered, scale[:, None], beta[:, None])
+            y = kernel(values, scale[:, None], shift[:, None])
         self.y = y  # (N, C, H*W); also the next layer's input, so keeping it costs no memory
         return y
 

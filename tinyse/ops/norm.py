@@ -21,7 +21,9 @@ class BatchNorm(Function):
                    (mu and var depend on x: the two means are their share)
         eval:      dL/dx = g / sqrt(var + eps)
     Kept for the backward: x - mu (not x_hat = (x - mu) / sqrt(var + eps), which costs one more
-    pass over the batch to make), and 1 / sqrt(var + eps) per channel.
+    pass over the batch to make), and 1 / sqrt(var + eps) per channel. In eval mode, where mu is
+    a constant, the forward is y = scale x + (beta - scale mu) with scale = gamma / sqrt(var + eps),
+    and x - mu is made only if a backward asks for it.
     """
 
     def __init__(self, running_mean=None, running_var=None, training=True, momentum=0.1, eps=1e-5):
@@ -47,17 +49,22 @@ class BatchNorm(Function):
                 self.running_var += self.momentum * var * (m / (m - 1))
         else:
             mu, var = self.running_mean, self.running_var
-            x_centered = x - mu[:, None]
         self.inv_std = 1 / xp.sqrt(var + self.eps)  # (C,)
-        self.x_centered, self.gamma = x_centered, gamma  # x - mu (N, C, H*W)
+        self.gamma = gamma
         scale = self.inv_std if gamma is None else gamma * self.inv_std  # y = scale (x - mu) + beta
-        return self.scale_shift(x_centered, scale, beta).reshape(self.x_shape)
+        if self.training:
+            self.x_centered = x_centered  # x - mu (N, C, H*W)
+            y = self.scale_shift(x_centered, scale, beta)
+        else:  # mu is a constant: y = scale x + (beta - scale mu), one pass less; x - mu waits for a backward
+            self.x, self.mu, self.x_centered = x, mu.copy(), None  # a copy: the running mean may change
+            y = self.scale_shift(x, scale, (0 if beta is None else beta) - scale * mu)
+        return y.reshape(self.x_shape)
 
-    def scale_shift(self, x_centered, scale, beta):
-        """y = scale (x - mu) + beta, per channel: x_centered (N, C, H*W) -> a new array of its shape."""
-        y = x_centered * scale[:, None]
-        if beta is not None:
-            y += beta[:, None]
+    def scale_shift(self, values, scale, shift):
+        """y = scale values + shift, per channel: values (N, C, H*W), scale and shift (C,) or None -> a new array."""
+        y = values * scale[:, None]
+        if shift is not None:
+            y += shift[:, None]
         return y
 
     def backward(self, grad_out):
@@ -66,8 +73,9 @@ class BatchNorm(Function):
         m = n * grad_out.shape[2]
         xp = get_array_module(grad_out)
         inv_std = self.inv_std
+        x_centered = self.x_centered if self.x_centered is not None else self.x - self.mu[:, None]
         sum_grad = xp.einsum("nci->c", grad_out)  # = dL/dbeta
-        sum_grad_xhat = xp.einsum("nci,nci->c", grad_out, self.x_centered) * inv_std  # = dL/dgamma
+        sum_grad_xhat = xp.einsum("nci,nci->c", grad_out, x_centered) * inv_std  # = dL/dgamma
         scale = inv_std if self.gamma is None else self.gamma * inv_std  # (C,)
         grad_x = None
         if self.needs_input_grad[0]:
@@ -75,7 +83,7 @@ class BatchNorm(Function):
             # written as grad_out scale + (x - mu) a + b with per-channel a, b: three passes over the batch
             grad_x = grad_out * scale[:, None]
             if self.training:
-                grad_x += self.x_centered * (-scale * inv_std * sum_grad_xhat / m)[:, None]
+                grad_x += x_centered * (-scale * inv_std * sum_grad_xhat / m)[:, None]
                 grad_x -= (scale * sum_grad / m)[:, None]
             grad_x = grad_x.reshape(self.x_shape)
         grad_gamma = sum_grad_xhat if self.needs_input_grad[1] else None

@@ -127,6 +127,6 @@ class GlobalMaxPool2d(Function):
 
     def backward(self, grad_out):
         xp = get_array_module(grad_out)
-        n, c, h, w = self.x_shape
+        h, w = self.x_shape[2:]
         at_max = xp.arange(h * w) == self.argmax[:, :, None]  # (N, C, H*W)
         return (at_max * grad_out[:, :, None]).reshape(self.x_shape)
