@@ -242,21 +242,21 @@ def conv_forward(x, weight, stride, padding, groups):
         weight_rows = weight.reshape(groups, og, cg * kh * kw)  # (G, Og, K)
 
     def run(start, stop):
+        if not shifted_rows:  # straight into y: (G, Og, K) @ (B, G, K, OH*OW) -> (B, G, Og, OH*OW)
+            cols = columns(x[start:stop], kh, kw, stride, padding, groups)
+            xp.matmul(weight_rows, cols, out=y[start:stop].reshape(stop - start, groups, og, oh * ow))
+            return
         y_rows = workspace(xp, "conv_forward", (stop - start, groups, og, oh * rw), y.dtype)
-        if shifted_rows:
-            x_rows = image_rows(x[start:stop], kh, kw, padding)
-            term = workspace(xp, "conv_forward_term", y_rows.shape, y.dtype)
-            for i in range(kh):
-                for j in range(kw):
-                    # (G, Og, Cg) @ (B, G, Cg, OH*RW) -> (B, G, Og, OH*RW)
-                    xp.matmul(weight_offsets[i, j], shifted(x_rows, i, j, oh, rw, padding, groups),
-                              out=term if i or j else y_rows)
-                    if i or j:
-                        y_rows += term
-        else:
-            cols = columns(x[start:stop], kh, kw, stride, padding, groups)  # (B, G, K, OH*OW)
-            xp.matmul(weight_rows, cols, out=y_rows)
-        y[start:stop] = y_rows.reshape(stop - start, o, oh, rw)[..., :ow]
+        term = workspace(xp, "conv_forward_term", y_rows.shape, y.dtype)
+        x_rows = image_rows(x[start:stop], kh, kw, padding)
+        for i in range(kh):
+            for j in range(kw):
+                # (G, Og, Cg) @ (B, G, Cg, OH*RW) -> (B, G, Og, OH*RW)
+                xp.matmul(weight_offsets[i, j], shifted(x_rows, i, j, oh, rw, padding, groups),
+                          out=term if i or j else y_rows)
+                if i or j:
+                    y_rows += term
+        y[start:stop] = y_rows.reshape(stop - start, o, oh, rw)[..., :ow]  # crop the junk entries
 
     work_rows = c + 2 * o if shifted_rows else c * kh * kw + o
     for_each_chunk(xp, n, bytes_per_image(work_rows, oh, rw, x.itemsize), run)
