@@ -323,18 +323,7 @@ def test_stride1_conv_through_im2col_as_on_the_gpu_equals_torch(monkeypatch, x_s
     from tinyse.ops import conv
     monkeypatch.setattr(conv, "uses_shifted_rows", lambda xp, stride: False)
     rng = np.random.default_rng(5)
-    x, weight = rng.standard_normal(x_shape), rng.standard_normal(weight_shape)
-    op = Conv2d(stride=1, padding=padding, groups=groups)
-    op.needs_input_grad = (True, True, False)
-    y = op.forward(x, weight)
-    grad_out = rng.standard_normal(y.shape)
-    grad_x, grad_weight, _ = op.backward(grad_out)
-    tx, tw = torch.from_numpy(x).requires_grad_(), torch.from_numpy(weight).requires_grad_()
-    expected = torch.nn.functional.conv2d(tx, tw, padding=padding, groups=groups)
-    expected.backward(torch.from_numpy(grad_out))
-    assert rel_error(y, expected) < TORCH_TOLERANCE[np.float64]
-    assert rel_error(grad_x, tx.grad.numpy()) < TORCH_TOLERANCE[np.float64]
-    assert rel_error(grad_weight, tw.grad.numpy()) < TORCH_TOLERANCE[np.float64]
+    compare_conv(rng.standard_normal(x_shape), rng.standard_normal(weight_shape), None, 1, padding, groups)
 
 
 def test_conv2d_stays_right_when_calls_of_other_shapes_reuse_the_work_arrays():
@@ -345,19 +334,8 @@ def test_conv2d_stays_right_when_calls_of_other_shapes_reuse_the_work_arrays():
     """
     rng = np.random.default_rng(12)
     cases = [((4, 3, 30, 30), 2), ((4, 3, 32, 31), 1), ((2, 3, 30, 30), 2), ((4, 3, 32, 31), 1), ((3, 3, 30, 30), 2)]
-    for x_shape, padding in cases:
-        x, weight = rng.standard_normal(x_shape), rng.standard_normal((5, 3, 3, 3))
-        op = Conv2d(padding=padding)
-        op.needs_input_grad = (True, True, False)
-        y = op.forward(x, weight)
-        grad_out = rng.standard_normal(y.shape)
-        grad_x, grad_weight, _ = op.backward(grad_out)
-        tx, tw = torch.from_numpy(x).requires_grad_(), torch.from_numpy(weight).requires_grad_()
-        ty = torch.nn.functional.conv2d(tx, tw, padding=padding)
-        ty.backward(torch.from_numpy(grad_out))
-        assert rel_error(y, ty.detach().numpy()) < TORCH_TOLERANCE[np.float64]
-        assert rel_error(grad_x, tx.grad.numpy()) < TORCH_TOLERANCE[np.float64]
-        assert rel_error(grad_weight, tw.grad.numpy()) < TORCH_TOLERANCE[np.float64]
+    for seed, (x_shape, padding) in enumerate(cases):
+        compare_conv(rng.standard_normal(x_shape), rng.standard_normal((5, 3, 3, 3)), None, padding=padding, seed=seed)
 
 
 # --- 4. dtypes ------------------------------------------------------------------------------

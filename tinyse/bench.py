@@ -756,8 +756,9 @@ def run(args):
         results = measure(batch, warmup[batch[0].kind], repeats[batch[0].kind], syncs, args.settle)
         report["rows"] += results
         done += len(batch)
-        print(", ".join(f" tinyse {result['tinyse']['median_s'] * 1e3:.2f} ms, torch "
-                        f"{result['torch']['median_s'] * 1e3:.2f} ms" for result in results), file=sys.stderr, flush=True)
+        print(" " + "; ".join(f"tinyse {result['tinyse']['median_s'] * 1e3:.2f} ms, torch "
+                              f"{result['torch']['median_s'] * 1e3:.2f} ms" for result in results),
+              file=sys.stderr, flush=True)
     report["se_overhead"] = se_overhead(report["rows"])
     if with_memory:
         print(f"memory: {MEMORY_MODEL} training step, one fresh process per library ...", file=sys.stderr, flush=True)

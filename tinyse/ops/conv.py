@@ -225,8 +225,8 @@ def bytes_per_image(rows, oh, rw, itemsize):
 def conv_forward(x, weight, stride, padding, groups):
     """y (N, O, OH, OW), in chunks of the batch (no bias).
 
-    Stride 1: y = sum over offsets (i, j) of W[:, :, i, j] (Og, Cg) @ shifted(i, j) (Cg, OH*RW), per group.
-    Other strides: y = W (Og, K) @ cols (K, OH*OW), per image and group.
+    Shifted rows (CPU, stride 1): y = sum over offsets (i, j) of W[:, :, i, j] (Og, Cg) @ shifted(i, j)
+    (Cg, OH*RW), per group. Otherwise: y = W (Og, K) @ cols (K, OH*OW), per image and group.
     """
     xp = get_array_module(x, weight)
     n, c, h, w = x.shape
@@ -266,9 +266,9 @@ def conv_forward(x, weight, stride, padding, groups):
 def conv_weight_grad(x, grad_out, weight_shape, stride, padding, groups):
     """dL/dW (O, C/G, KH, KW), summed over the images of a chunk, then over chunks.
 
-    Stride 1: dL/dW[:, :, i, j] = shifted(i, j) (Cg, OH*RW) @ dL/dy^T (OH*RW, Og), transposed, per group:
-    the input as kernel offset (i, j) met it, against the gradient of the outputs it made.
-    Other strides: dL/dW = (cols (K, OH*OW) @ dL/dy^T (OH*OW, Og))^T.
+    Shifted rows (CPU, stride 1): dL/dW[:, :, i, j] = shifted(i, j) (Cg, OH*RW) @ dL/dy^T (OH*RW, Og),
+    transposed, per group: the input as kernel offset (i, j) met it, against the gradient of the
+    outputs it made. Otherwise: dL/dW = (cols (K, OH*OW) @ dL/dy^T (OH*OW, Og))^T.
     Both take the tall product (Cg or K rows) rather than its transpose (Og rows): the same
     numbers, but BLAS runs the tall form about 1.5x faster when Og is small (measured).
     """

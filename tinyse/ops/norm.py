@@ -50,8 +50,7 @@ class BatchNorm(Function):
         else:
             mu, var = self.running_mean, self.running_var
         self.inv_std = 1 / xp.sqrt(var + self.eps)  # (C,)
-        self.gamma = gamma
-        scale = self.inv_std if gamma is None else gamma * self.inv_std  # y = scale (x - mu) + beta
+        self.scale = scale = self.inv_std if gamma is None else gamma * self.inv_std  # y = scale (x - mu) + beta
         if self.training:
             self.x_centered = x_centered  # x - mu (N, C, H*W)
             y = self.scale_shift(x_centered, scale, beta)
@@ -61,7 +60,7 @@ class BatchNorm(Function):
         return y.reshape(self.x_shape)
 
     def scale_shift(self, values, scale, shift):
-        """y = scale values + shift, per channel: values (N, C, H*W), scale and shift (C,) or None -> a new array."""
+        """y = scale values + shift, per channel: values (N, C, H*W), scale (C,), shift (C,) or None -> a new array."""
         y = values * scale[:, None]
         if shift is not None:
             y += shift[:, None]
@@ -76,7 +75,7 @@ class BatchNorm(Function):
         x_centered = self.x_centered if self.x_centered is not None else self.x - self.mu[:, None]
         sum_grad = xp.einsum("nci->c", grad_out)  # = dL/dbeta
         sum_grad_xhat = xp.einsum("nci,nci->c", grad_out, x_centered) * inv_std  # = dL/dgamma
-        scale = inv_std if self.gamma is None else self.gamma * inv_std  # (C,)
+        scale = self.scale  # gamma / sqrt(var + eps), (C,)
         grad_x = None
         if self.needs_input_grad[0]:
             # training: (g - mean(g) - x_hat mean(g x_hat)) / sqrt(var + eps) with g = grad_out gamma,
