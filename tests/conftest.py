@@ -13,10 +13,18 @@ from hypothesis import HealthCheck, assume, currently_in_test_context, settings
 from tinyse.backend import gpu_available, to_device
 from tinyse.tensor import Tensor
 
+# Two hypothesis profiles. "tinyse" (the default, and CI's): 25 examples per property, derandomised, so every
+# run tries the same inputs and a red CI is reproducible. "explore": fresh random inputs on every run and 500
+# examples per property, to look for what the fixed inputs miss:
+#     python -m pytest --hypothesis-profile=explore tests/test_ops_conv.py
+# (a failure prints the example and a @reproduce_failure line to replay it).
 settings.register_profile(
     "tinyse", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
 )
-settings.load_profile("tinyse")
+settings.register_profile(
+    "explore", max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=False
+)
+settings.load_profile("tinyse")  # --hypothesis-profile, read after this file, replaces it
 
 # PyTorch is only the reference here, on small tensors: one thread keeps its pool from
 # fighting NumPy's BLAS for the cores (several times slower on a busy 2-core machine).

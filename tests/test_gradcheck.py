@@ -40,4 +40,4 @@ def test_checks_in_float64_and_passes_integer_inputs_through():
 
     x = np.random.default_rng(1).standard_normal((4, 3)).astype(np.float32)
     assert tinyse.gradcheck(fn, x, np.array([0, 1, 2, 0])) < 1e-6
-    assert all(d == np.float64 for d, _ in seen) and all(l.kind == "i" for _, l in seen)
+    assert all(d == np.float64 for d, _ in seen) and all(label_dtype.kind == "i" for _, label_dtype in seen)

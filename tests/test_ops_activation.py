@@ -16,7 +16,16 @@ from hypothesis import strategies as st
 import tinyse.functional as F
 from tinyse import gradcheck
 from tinyse.backend import to_device
-from conftest import DEVICES, DTYPES, GRADCHECK_TOLERANCE, TORCH_TOLERANCE, assert_matches_torch, away_from_zero, rel_error
+
+from conftest import (
+    DEVICES,
+    DTYPES,
+    GRADCHECK_TOLERANCE,
+    TORCH_TOLERANCE,
+    assert_matches_torch,
+    away_from_zero,
+    rel_error,
+)
 
 seeds = st.integers(0, 2**32 - 1)
 nchw = st.tuples(st.integers(1, 4), st.integers(1, 8), st.integers(1, 9), st.integers(1, 9))

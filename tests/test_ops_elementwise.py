@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 import tinyse.functional as F
 from tinyse import Tensor, gradcheck
+
 from conftest import DEVICES, DTYPES, GRADCHECK_TOLERANCE, assert_matches_torch, away_from_zero
 
 seeds = st.integers(0, 2**32 - 1)

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 import tinyse.functional as F
 from tinyse import Tensor, gradcheck
+
 from conftest import DEVICES, DTYPES, GRADCHECK_TOLERANCE, TORCH_TOLERANCE, assert_matches_torch, rel_error
 
 seeds = st.integers(0, 2**32 - 1)
@@ -46,7 +47,7 @@ def matmul_shapes(draw):
             ]
         )
     )
-    return batch_a + (n, k), batch_b + (k, m)
+    return (*batch_a, n, k), (*batch_b, k, m)
 
 
 @pytest.mark.parametrize("device", DEVICES)

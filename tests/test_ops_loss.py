@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 import tinyse.functional as F
 from tinyse import Tensor, gradcheck
 from tinyse.backend import to_device
+
 from conftest import DEVICES, DTYPES, GRADCHECK_TOLERANCE, TORCH_TOLERANCE, rel_error
 
 seeds = st.integers(0, 2**32 - 1)

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 import tinyse.functional as F
 from tinyse import Tensor, gradcheck
 from tinyse.backend import to_device
+
 from conftest import DEVICES, DTYPES, GRADCHECK_TOLERANCE, TORCH_TOLERANCE, assert_matches_torch, rel_error
 
 seeds = st.integers(0, 2**32 - 1)

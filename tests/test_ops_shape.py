@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 import tinyse.functional as F
 from tinyse import Tensor, gradcheck
+
 from conftest import DEVICES, DTYPES, GRADCHECK_TOLERANCE, assert_matches_torch, rel_error
 
 seeds = st.integers(0, 2**32 - 1)
