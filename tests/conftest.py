@@ -10,7 +10,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, assume, currently_in_test_context, settings
 
-from tinyse.backend import gpu_available, to_device
+from tinyse.backend import device_of, gpu_available, to_device
 from tinyse.tensor import Tensor
 
 # Two hypothesis profiles. "tinyse" (the default, and CI's): 25 examples per property, derandomised, so every
@@ -100,5 +100,6 @@ def assert_matches_torch(tinyse_fn, torch_fn, arrays, device="cpu", seed=0):
     for i, (t, e) in enumerate(zip(ours, expected[1:])):
         if t is not None:
             assert t.grad.dtype == dtype, f"gradient of input {i} has dtype {t.grad.dtype}"
+            assert device_of(t.grad) == device, f"gradient of input {i} is on {device_of(t.grad)}, not {device}"
             assert rel_error(t.grad, e) < tolerance, f"gradient of input {i} differs from torch"
     return out, ours

@@ -1,5 +1,6 @@
-"""python -m tinyse.bench: the rows, the alternating timing loop, the report it prints and writes, the
-PyTorch twins, and the memory processes. Tiny batches and repeats; nothing here asserts on speed."""
+"""python -m tinyse.bench: the rows (rows.py), the alternating timing loop (timing.py), the report it prints
+and writes (cli.py, report.py), the PyTorch twins of the model rows, and the memory processes (peak_memory.py).
+Tiny batches and repeats; nothing here asserts on speed."""
 import itertools
 import json
 import statistics
@@ -7,16 +8,20 @@ import statistics
 import numpy as np
 import pytest
 import torch
-from conftest import DEVICES, rel_error
 from test_data import make_cifar10_folder
 
-from tinyse import bench, models
+from tinyse import models
 from tinyse.backend import gpu_available, to_device
+from tinyse.bench import main
+from tinyse.bench.rows import MODELS, Row, build_rows, torch_twin_model
+from tinyse.bench.timing import groups, measure, summarise, time_alternating
 from tinyse.tensor import Tensor
+
+from conftest import DEVICES, rel_error
 
 
 def test_rows_cover_every_op_at_every_stage_and_both_models():
-    rows = bench.build_rows(batch=128)
+    rows = build_rows(batch=128)
     labels = [row.label for row in rows]
     assert len(labels) == len(set(labels)) == 6 * 3 + 4
     for op in ("conv3x3 fwd", "conv3x3 fwd+bwd", "batchnorm fwd+bwd", "relu fwd+bwd", "se_block fwd+bwd",
@@ -39,8 +44,8 @@ def test_timing_alternates_drops_the_warmup_and_times_each_call():
         return call
 
     syncs = {"tinyse": lambda: calls.append("sync"), "torch": lambda: calls.append("sync")}
-    times = bench.time_alternating({"tinyse": library("tinyse"), "torch": library("torch")}, warmup=2, repeats=3,
-                                   syncs=syncs, clock=lambda: now[0])
+    times = time_alternating({"tinyse": library("tinyse"), "torch": library("torch")}, warmup=2, repeats=3,
+                             syncs=syncs, clock=lambda: now[0])
     assert calls == ["sync", "tinyse", "sync", "sync", "torch", "sync"] * 5  # synchronised before each clock read
     assert times == {"tinyse": [5, 7, 9], "torch": [6, 8, 10]}  # calls 1-4 were the two warm-up rounds
 
@@ -55,8 +60,8 @@ def test_settle_repeats_each_call_untimed_first():
         return call
 
     # tinyse calls last 1 s and torch calls 2 s; settling takes 2.5 s of calls before each timed one
-    times = bench.time_alternating({"tinyse": library("tinyse", 1.0), "torch": library("torch", 2.0)}, warmup=0,
-                                   repeats=2, clock=lambda: now[0], settle=2.5)
+    times = time_alternating({"tinyse": library("tinyse", 1.0), "torch": library("torch", 2.0)}, warmup=0,
+                             repeats=2, clock=lambda: now[0], settle=2.5)
     assert events == ["tinyse"] * 4 + ["torch"] * 3 + ["tinyse"] * 4 + ["torch"] * 3  # 3 + 2 untimed, then timed
     assert times == {"tinyse": [1.0, 1.0], "torch": [2.0, 2.0]}
 
@@ -67,18 +72,18 @@ def test_rows_of_one_group_are_timed_in_one_alternating_loop():
     def make(label):
         return lambda: lambda: events.append(label)
 
-    rows = [bench.Row(name, (1, 1, 1, 1), "model", make(f"{name} tinyse"), make(f"{name} torch"), group=group)
+    rows = [Row(name, (1, 1, 1, 1), "model", make(f"{name} tinyse"), make(f"{name} torch"), group=group)
             for name, group in (("a", ""), ("b", "step"), ("c", "step"), ("d", ""))]
-    assert [[row.name for row in batch] for batch in bench.groups(rows)] == [["a"], ["b", "c"], ["d"]]
+    assert [[row.name for row in batch] for batch in groups(rows)] == [["a"], ["b", "c"], ["d"]]
     syncs = {"tinyse": lambda: None, "torch": lambda: None}
-    results = bench.measure(rows[1:3], warmup=1, repeats=2, syncs=syncs)
+    results = measure(rows[1:3], warmup=1, repeats=2, syncs=syncs)
     assert events == ["b tinyse", "b torch", "c tinyse", "c torch"] * 3
     assert [result["name"] for result in results] == ["b", "c"]
     assert all(len(result[library]["times_s"]) == 2 for result in results for library in ("tinyse", "torch"))
 
 
 def test_summary_takes_medians_and_their_ratio():
-    result = bench.summarise("relu fwd+bwd", (8, 16, 4, 4), {"tinyse": [3.0, 1.0, 2.0], "torch": [4.0, 8.0, 6.0]})
+    result = summarise("relu fwd+bwd", (8, 16, 4, 4), {"tinyse": [3.0, 1.0, 2.0], "torch": [4.0, 8.0, 6.0]})
     assert result["tinyse"]["median_s"] == 2.0 and result["torch"]["median_s"] == 6.0
     assert result["ratio"] == 2.0 / 6.0
     assert result["tinyse"]["images_per_s"] == 8 / 2.0
@@ -87,8 +92,8 @@ def test_summary_takes_medians_and_their_ratio():
 def test_quick_run_writes_the_report(tmp_path, capsys):
     path = tmp_path / "bench.json"
     threads = torch.get_num_threads()
-    printed = bench.main(["--quick", "--batch", "2", "--threads", "1", "--only", r"relu|global_avgpool.*x8x8|train",
-                          "--json", str(path)])
+    printed = main(["--quick", "--batch", "2", "--threads", "1", "--only", r"relu|global_avgpool.*x8x8|train",
+                    "--json", str(path)])
     assert torch.get_num_threads() == threads  # main() puts torch's thread count back
     report = json.loads(path.read_text())
     assert report == json.loads(json.dumps(printed))
@@ -124,21 +129,21 @@ def test_quick_run_writes_the_report(tmp_path, capsys):
 def test_every_op_row_runs_on_each_device(device, tmp_path):
     if device == "gpu" and not torch.cuda.is_available():
         pytest.skip("torch has no CUDA")
-    report = bench.main(["--device", device, "--batch", "2", "--threads", "1", "--warmup", "0", "--repeats", "1",
-                         "--only", r"x8x8$", "--no-memory"])
+    report = main(["--device", device, "--batch", "2", "--threads", "1", "--warmup", "0", "--repeats", "1",
+                   "--only", r"x8x8$", "--no-memory"])
     assert len(report["rows"]) == 6 and report["header"]["device"] == device
 
 
 @pytest.mark.skipif(gpu_available(), reason="checks the error on a machine without a GPU")
 def test_gpu_without_a_gpu_is_a_clear_error():
     with pytest.raises(SystemExit, match="device 'gpu'"):
-        bench.main(["--device", "gpu", "--only", "relu"])
+        main(["--device", "gpu", "--only", "relu"])
 
 
-@pytest.mark.parametrize("name", bench.MODELS)
+@pytest.mark.parametrize("name", MODELS)
 def test_torch_twin_computes_what_the_tinyse_model_computes(name):
     images = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
-    ours, twin = models.create(name, num_classes=10, seed=0), bench.torch_twin_model(name)
+    ours, twin = models.create(name, num_classes=10, seed=0), torch_twin_model(name)
     for mode in ("train", "eval"):
         getattr(ours, mode)(), getattr(twin, mode)()
         with torch.no_grad():
@@ -146,8 +151,13 @@ def test_torch_twin_computes_what_the_tinyse_model_computes(name):
         assert rel_error(to_device(ours(Tensor(images)).data, "cpu"), expected) < 1e-4, mode
 
 
+def test_a_model_without_a_torch_twin_is_a_clear_error():
+    with pytest.raises(ValueError, match="no PyTorch twin for 'inception'"):
+        torch_twin_model("inception")
+
+
 def test_memory_is_measured_in_fresh_processes():
-    report = bench.main(["--quick", "--batch", "2", "--threads", "1", "--only", "memory"])
+    report = main(["--quick", "--batch", "2", "--threads", "1", "--only", "memory"])
     assert report["rows"] == []
     memory = report["memory"]
     for library in ("tinyse", "torch"):
@@ -158,6 +168,6 @@ def test_memory_is_measured_in_fresh_processes():
 
 def test_torch_epoch_trains_on_every_training_image(tmp_path, capsys):
     make_cifar10_folder(tmp_path, per_batch=6)  # 30 training images
-    result = bench.main(["--torch-epoch", "resnet20", "--data-dir", str(tmp_path), "--batch", "8", "--threads", "1"])
+    result = main(["--torch-epoch", "resnet20", "--data-dir", str(tmp_path), "--batch", "8", "--threads", "1"])
     assert result["images"] == 30 and result["seconds"] > 0
     assert "one CIFAR-10 epoch (30 images, batch 8)" in capsys.readouterr().out

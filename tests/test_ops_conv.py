@@ -1,17 +1,15 @@
 """conv2d: finite differences, PyTorch parity, the naive loop, im2col/col2im, dtypes, edges, errors.
 
-References are independent of the code under test: PyTorch (CPU, same dtype),
-central finite differences (tinyse.gradcheck, float64), the obvious loop
-``conv2d_naive``, and the inner-product identity that defines an adjoint.
+References are independent of the code under test: PyTorch (CPU, same dtype, through
+conftest's ``assert_matches_torch``), central finite differences (tinyse.gradcheck, float64),
+the obvious loops ``conv2d_naive`` / ``conv2d_naive_backward``, the plain matrix-product version
+``conv2d_im2col`` / ``conv2d_im2col_backward``, and the inner-product identity that defines an adjoint.
 """
 import re
 
 import numpy as np
 import pytest
 import torch
-from conftest import (
-    DEVICES, DTYPES, GRADCHECK_TOLERANCE, TORCH_TOLERANCE, random_array, rel_error, requires_gpu,
-)
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
@@ -20,9 +18,32 @@ from tinyse import parallel
 from tinyse.backend import device_of, to_device
 from tinyse.gradcheck import gradcheck
 from tinyse.ops.conv import (
-    Conv2d, col2im, conv2d_naive, conv_input_grad, im2col, image_rows, output_size, row_width, shifted,
+    Conv2d,
+    col2im,
+    conv2d_im2col,
+    conv2d_im2col_backward,
+    conv2d_naive,
+    conv2d_naive_backward,
+    conv_input_grad,
+    im2col,
+    image_rows,
+    output_size,
+    row_width,
+    shifted,
 )
 from tinyse.tensor import Tensor
+
+from conftest import (
+    DEVICES,
+    DTYPES,
+    GRADCHECK_TOLERANCE,
+    TORCH_TOLERANCE,
+    assert_matches_torch,
+    random_array,
+    rel_error,
+    requires_gpu,
+    torch_run,
+)
 
 NO_LIMIT = 10**9
 
@@ -53,15 +74,15 @@ def conv_cases(draw, max_input=NO_LIMIT, max_weight=NO_LIMIT):
     # c * kh * kw <= 8 * 25 = 200, so a weight cap of at least 200 always leaves og >= 1
     og = draw(st.integers(1, max(1, min(8 // groups, max_weight // (c * kh * kw)))))  # output channels per group
     n = draw(st.integers(1, max(1, min(4, max_input // (c * h * w)))))
-    return dict(
-        x_shape=(n, c, h, w),
-        weight_shape=(groups * og, c // groups, kh, kw),
-        bias=draw(st.booleans()),
-        stride=stride,
-        padding=padding,
-        groups=groups,
-        seed=draw(st.integers(0, 2**32 - 1)),
-    )
+    return {
+        "x_shape": (n, c, h, w),
+        "weight_shape": (groups * og, c // groups, kh, kw),
+        "bias": draw(st.booleans()),
+        "stride": stride,
+        "padding": padding,
+        "groups": groups,
+        "seed": draw(st.integers(0, 2**32 - 1)),
+    }
 
 
 def conv_arrays(case, dtype=np.float64):
@@ -74,49 +95,41 @@ def conv_arrays(case, dtype=np.float64):
 
 
 # --- running one op in both libraries --------------------------------------------------------
-def compare_with_torch(tinyse_fn, torch_fn, arrays, device="cpu", seed=0):
-    """Run ``fn(*arrays)`` in tinyse (on ``device``) and in PyTorch (CPU); assert they agree.
-
-    Checks, at the dtype of the arrays: the forward output, the gradient of
-    every array for the same random upstream gradient (not ones), and that
-    tinyse keeps the dtype (output and gradients) and the device.
-    """
-    dtype = arrays[0].dtype
-    tolerance = TORCH_TOLERANCE[dtype.type]
-    ours = [Tensor(to_device(a, device), requires_grad=True) for a in arrays]
-    theirs = [torch.from_numpy(a.copy()).requires_grad_() for a in arrays]
-
-    y, y_ref = tinyse_fn(*ours), torch_fn(*theirs)
-    grad_out = np.random.default_rng(seed).standard_normal(tuple(y_ref.shape)).astype(dtype)
-    y.backward(to_device(grad_out, device))
-    y_ref.backward(torch.from_numpy(grad_out))
-
-    assert y.dtype == dtype and device_of(y.data) == device
-    assert rel_error(y.data, y_ref) < tolerance, "forward"
-    for i, (t, t_ref) in enumerate(zip(ours, theirs)):
-        assert t.grad.dtype == dtype and device_of(t.grad) == device, f"gradient {i}: dtype/device"
-        assert rel_error(t.grad, t_ref.grad) < tolerance, f"gradient {i}"
-
-
 def compare_conv(x, weight, bias, stride=1, padding=0, groups=1, device="cpu", seed=0):
-    """conv2d with and without bias, tinyse vs torch.nn.functional.conv2d."""
-    conv_args = dict(stride=stride, padding=padding, groups=groups)
-    if bias is None:
-        compare_with_torch(
-            lambda x, w: F.conv2d(x, w, None, **conv_args),
-            lambda x, w: torch.nn.functional.conv2d(x, w, None, **conv_args),
-            [x, weight], device, seed,
-        )
-    else:
-        compare_with_torch(
-            lambda x, w, b: F.conv2d(x, w, b, **conv_args),
-            lambda x, w, b: torch.nn.functional.conv2d(x, w, b, **conv_args),
-            [x, weight, bias], device, seed,
-        )
+    """conv2d (bias an array or None) in tinyse on ``device`` against torch.nn.functional.conv2d.
+
+    ``assert_matches_torch`` checks the output, every gradient, their dtype and the output's device;
+    the gradients' device is checked here.
+    """
+    conv_args = {"stride": stride, "padding": padding, "groups": groups}
+    _, inputs = assert_matches_torch(
+        lambda x, w, b: F.conv2d(x, w, b, **conv_args),
+        lambda x, w, b: torch.nn.functional.conv2d(x, w, b, **conv_args),
+        [x, weight, bias], device, seed,
+    )
+    for i, t in enumerate(inputs):
+        if t is not None:
+            assert device_of(t.grad) == device, f"gradient of input {i} is on {device_of(t.grad)}, not {device}"
+
+
+def fast_conv2d(x, weight, bias, grad_out, **conv_args):
+    """The Conv2d op on raw arrays: (y, dL/dx, dL/dW, dL/db) for this dL/dy (dL/db even without a bias)."""
+    op = Conv2d(**conv_args)
+    op.needs_input_grad = (True, True, True)
+    y = op.forward(x, weight, bias)
+    return (y, *op.backward(grad_out))
+
+
+def assert_all_close(actual, expected, names=("y", "dL/dx", "dL/dW", "dL/db")):
+    """Each array of ``actual`` equals the one of ``expected`` to float64's torch tolerance (None: not compared)."""
+    for name, a, e in zip(names, actual, expected):
+        if e is not None:
+            assert rel_error(a, e) < TORCH_TOLERANCE[np.float64], name
 
 
 def case_args(case):
-    return dict(stride=case["stride"], padding=case["padding"], groups=case["groups"])
+    """The keyword arguments of conv2d that a case sets."""
+    return {"stride": case["stride"], "padding": case["padding"], "groups": case["groups"]}
 
 
 # --- 1. gradients against finite differences --------------------------------------------------
@@ -174,19 +187,47 @@ def test_conv2d_table_matches_torch(x_shape, weight_shape, stride, padding, grou
     compare_conv(x, weight, bias, stride, padding, groups, device)
 
 
-# --- 3. the obvious version equals the fast one ------------------------------------------------
+# --- 3. the obvious version and the plain im2col version equal the fast one ---------------------------
+def torch_conv2d(x, weight, bias, grad_out, **conv_args):
+    """torch.nn.functional.conv2d's (y, dL/dx, dL/dW, dL/db) for this dL/dy (dL/db None without a bias)."""
+    return torch_run(lambda *t: torch.nn.functional.conv2d(*t, **conv_args), [x, weight, bias], grad_out)
+
+
 @settings(max_examples=60)
 @given(case=conv_cases())
-def test_conv2d_naive_equals_fast(case):
-    """conv2d_naive (a loop over output pixels) == F.conv2d (im2col + matmul), and both == torch."""
+def test_conv2d_naive_forward_and_backward_equal_the_fast_op(case):
+    """conv2d_naive and conv2d_naive_backward (loops over output pixels) == the Conv2d op: y, dL/dx, dL/dW, dL/db.
+
+    The cases (strides 1-3, padding 0-2, dense, grouped, depthwise, KH != KW) meet every fast algorithm:
+    shifted rows and im2col, the flipped-kernel and the col2im input gradient. Both also equal torch.
+    """
     x, weight, bias = conv_arrays(case)
     conv_args = case_args(case)
-    naive = conv2d_naive(x, weight, bias, **conv_args)
-    fast = F.conv2d(Tensor(x), Tensor(weight), None if bias is None else Tensor(bias), **conv_args).data
-    torch_bias = None if bias is None else torch.from_numpy(bias)
-    reference = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(weight), torch_bias, **conv_args)
-    assert rel_error(fast, naive) < TORCH_TOLERANCE[np.float64]
-    assert rel_error(naive, reference) < TORCH_TOLERANCE[np.float64]
+    naive_y = conv2d_naive(x, weight, bias, **conv_args)
+    grad_out = np.random.default_rng([case["seed"], 1]).standard_normal(naive_y.shape)
+    naive = (naive_y, *conv2d_naive_backward(x, weight, grad_out, **conv_args))
+    assert_all_close(fast_conv2d(x, weight, bias, grad_out, **conv_args), naive)
+    assert_all_close(naive, torch_conv2d(x, weight, bias, grad_out, **conv_args))
+
+
+@settings(max_examples=60)
+@given(case=conv_cases())
+def test_conv2d_im2col_forward_and_backward_equal_the_fast_op(case):
+    """conv2d_im2col and conv2d_im2col_backward (y = W @ cols, dL/dW = dL/dy @ cols^T, dL/dx = col2im(W^T dL/dy),
+    on the whole batch) == the Conv2d op (in chunks, shifted rows at stride 1): y, dL/dx, dL/dW, dL/db."""
+    x, weight, bias = conv_arrays(case)
+    conv_args = case_args(case)
+    plain_y = conv2d_im2col(x, weight, bias, **conv_args)
+    grad_out = np.random.default_rng([case["seed"], 1]).standard_normal(plain_y.shape)
+    plain = (plain_y, *conv2d_im2col_backward(x, weight, grad_out, **conv_args))
+    assert_all_close(fast_conv2d(x, weight, bias, grad_out, **conv_args), plain)
+
+
+def test_conv2d_naive_backward_on_a_small_case_by_hand():
+    """One input pixel, one 1x1 filter: dL/dx = w dL/dy, dL/dw = x dL/dy, dL/db = dL/dy (the product rule)."""
+    x, weight, grad_out = np.array([[[[3.0]]]]), np.array([[[[2.0]]]]), np.array([[[[5.0]]]])
+    grad_x, grad_weight, grad_bias = conv2d_naive_backward(x, weight, grad_out)
+    assert grad_x.item() == 10.0 and grad_weight.item() == 15.0 and grad_bias.tolist() == [5.0]
 
 
 @settings(max_examples=60)
@@ -342,7 +383,7 @@ def test_conv2d_stays_right_when_calls_of_other_shapes_reuse_the_work_arrays():
 @pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no-bias"])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_conv2d_keeps_dtype(dtype, with_bias):
-    """float32 in -> float32 output and gradients (x, W, b); float64 stays float64 (naive too).
+    """float32 in -> float32 output and gradients (x, W, b); float64 stays float64 (naive and im2col versions too).
 
     Checked on the op's own backward too: autograd casts gradients to the input's
     dtype, which would hide a backward that silently computes in float64.
@@ -360,7 +401,11 @@ def test_conv2d_keeps_dtype(dtype, with_bias):
     assert x.grad.dtype == dtype and weight.grad.dtype == dtype
     if with_bias:
         assert bias.grad.dtype == dtype
-    assert conv2d_naive(x.data, weight.data, None if bias is None else bias.data, 2, 1, 2).dtype == dtype
+    bias_data = None if bias is None else bias.data
+    assert conv2d_naive(x.data, weight.data, bias_data, 2, 1, 2).dtype == dtype
+    assert all(g.dtype == dtype for g in conv2d_naive_backward(x.data, weight.data, grad_out, 2, 1, 2))
+    assert conv2d_im2col(x.data, weight.data, bias_data, 2, 1, 2).dtype == dtype
+    assert all(g.dtype == dtype for g in conv2d_im2col_backward(x.data, weight.data, grad_out, 2, 1, 2))
 
 
 # --- 5. edge cases, each against PyTorch ----------------------------------------------------------

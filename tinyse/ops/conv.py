@@ -12,27 +12,38 @@ Notation
     OH, OW   output height and width: OH = (H + 2P - KH) // S + 1
     K        Cg * KH * KW, the values one filter sees at one output pixel
 
-Fast version (``Conv2d``), on a chunk of a few images at a time, whose work
-    arrays fit in a core's cache, on every core (``tinyse.parallel``):
-    - stride 1, on the CPU: no im2col. ``image_rows`` lays each image out in rows RW = W + P wide
-      (P zeros after each row pad both it and the next), flattened; the pixels that
-      kernel offset (i, j) meets, for all output pixels at once, are then one contiguous
-      run of it, a view (``shifted``). So
-          y = sum over (i, j) of W[:, :, i, j] (Og, Cg) @ shifted(i, j) (Cg, OH*RW)
-          dL/dW[:, :, i, j] = sum over images of (shifted(i, j) @ dL/dy^T)^T
-          dL/dx = the same convolution of dL/dy with the kernel flipped in space and
-                  transposed in channels, padding KH - 1 - P (equal to col2im(W^T dL/dy))
-      and the RW - OW junk entries at the end of each output row are cropped.
-      Measured in ``python -m tinyse.bench``: copying im2col's 9 columns took longer than
-      the products, and memory-bound copies do not get faster on a second core, while the
-      products do.
-    - other strides, and on the GPU (``uses_shifted_rows``): im2col copies each receptive
-      field into a column, cols (K, OH*OW) per image, y[n] = W (Og, K) @ cols[n],
-      dL/dW = sum over n of dL/dy[n] @ cols[n]^T, and col2im adds the columns of
-      W^T @ dL/dy back onto the pixels they came from.
-Obvious version (``conv2d_naive``): a loop over output pixels, kept for the
-    lessons and for a test that holds the two equal.
+The file, in reading order
+    1. Sizes and checks: ``output_size``, ``pair``, ``window``, ``pad_hw``, ``check_window``,
+       ``check_conv2d`` (the pools in ``pool.py`` use them too).
+    2. The obvious version: ``conv2d_naive`` and ``conv2d_naive_backward``, a loop over output
+       pixels with one small product per pixel and group. Slow; they state the definition.
+    3. The same as matrix products: ``im2col`` copies every receptive field into a column,
+       cols (K, OH*OW) per image and group; ``col2im`` is its adjoint, adding columns back onto
+       the pixels they came from. ``conv2d_im2col`` / ``conv2d_im2col_backward``:
+           y = W (Og, K) @ cols (K, OH*OW)
+           dL/dW = dL/dy (Og, OH*OW) @ cols^T (OH*OW, K), summed over images
+           dL/dx = col2im(W^T (K, Og) @ dL/dy (Og, OH*OW))
+    4. The fast version, ``Conv2d``: the same products on a chunk of a few images at a time,
+       whose work arrays fit in a core's cache, on every core (``tinyse.parallel``), one function
+       per algorithm, chosen by the dispatchers ``conv_forward``, ``conv_weight_grad`` and
+       ``conv_input_grad``:
+       - stride 1, on the CPU (``uses_shifted_rows``): no im2col. ``image_rows`` lays each image
+         out in rows RW = W + P wide (P zeros after each row pad both it and the next), flattened;
+         the pixels that kernel offset (i, j) meets, for all output pixels at once, are then one
+         contiguous run of it, a view (``shifted``). So
+             y = sum over (i, j) of W[:, :, i, j] (Og, Cg) @ shifted(i, j) (Cg, OH*RW)
+             dL/dW[:, :, i, j] = sum over images of (shifted(i, j) @ dL/dy^T)^T
+         and the RW - OW junk entries at the end of each output row are cropped.
+         Measured in ``python -m tinyse.bench``: copying im2col's 9 columns took longer than the
+         products, and memory-bound copies do not get faster on a second core, while the products do.
+       - other strides, and on the GPU: im2col and the products of part 3, per chunk.
+       - dL/dx at stride 1 (square kernels): the same convolution of dL/dy with the kernel flipped
+         in space and transposed in channels, padding KH - 1 - P (equal to col2im(W^T dL/dy));
+         otherwise col2im(W^T dL/dy) per chunk.
+    5. The GPU's im2col and col2im: CUDA sources, one thread per value written.
 """
+import itertools
+
 import numpy as np
 
 from tinyse.backend import elementwise_kernel, get_array_module
@@ -40,6 +51,7 @@ from tinyse.parallel import for_each_chunk, workspace
 from tinyse.tensor import Function
 
 
+# --- 1. sizes and checks -------------------------------------------------------------------------
 def output_size(size, kernel, stride, padding):
     """Output length along one axis: (size + 2 padding - kernel) // stride + 1."""
     return (size + 2 * padding - kernel) // stride + 1
@@ -53,14 +65,14 @@ def pair(value):
 def window(i, j, stride, oh, ow):
     """Index of the (OH, OW) input pixels that kernel offset (i, j) meets, in a padded NCHW array.
 
-    ``stride`` is S, or (SH, SW) per axis.
+    ``stride`` is S, or (SH, SW) per axis. Output pixel (r, s) meets padded pixel (SH r + i, SW s + j).
     """
     sh, sw = pair(stride)
     return (slice(None), slice(None), slice(i, i + sh * (oh - 1) + 1, sh), slice(j, j + sw * (ow - 1) + 1, sw))
 
 
 def pad_hw(x, padding, value=0):
-    """Pad the two spatial axes of an NCHW array by ``padding`` on every side."""
+    """x (N, C, H, W) -> (N, C, H + 2P, W + 2P): ``padding`` values ``value`` on every side of the spatial axes."""
     if padding == 0:
         return x
     width = ((0, 0), (0, 0), (padding, padding), (padding, padding))
@@ -83,7 +95,10 @@ def check_window(name, x_shape, kernel, stride, padding):
 
 
 def check_conv2d(x_shape, weight_shape, bias_shape, stride, padding, groups):
-    """Clear errors, naming the shapes, for every way conv2d's arguments can disagree."""
+    """Clear errors, naming the shapes, for every way conv2d's arguments can disagree.
+
+    Expects x (N, C, H, W), W (O, C/G, KH, KW), b (O,) or None (``bias_shape`` None).
+    """
     if len(weight_shape) != 4:
         raise ValueError(f"conv2d expects weight of shape (O, C/groups, KH, KW), got {weight_shape}")
     check_window("conv2d", x_shape, weight_shape[2:], stride, padding)
@@ -99,76 +114,175 @@ def check_conv2d(x_shape, weight_shape, bias_shape, stride, padding, groups):
         raise ValueError(f"conv2d: bias must have shape ({o},), got {bias_shape}")
 
 
-# The same two functions on the GPU, one CUDA thread per value written (CuPy ElementwiseKernels; ``i`` is the
-# thread's index into the output). im2col: entry i of cols (N, C, KH, KW, OH, OW) reads the input pixel it
-# copies, or writes 0 in the padding. col2im: pixel i of dL/dx (N, C, H, W) gathers the columns that copied it,
-# so no two threads write to one place.
-IM2COL_CUDA = """
-    ptrdiff_t t = i;
-    const int ox = t % ow; t /= ow;
-    const int oy = t % oh; t /= oh;
-    const int j = t % kw; t /= kw;
-    const int k = t % kh; t /= kh;                      // t = n * C + c; the kernel offset is (k, j)
-    const int row = oy * sh + k - p, col = ox * sw + j - p;
-    cols = (row >= 0 && row < h && col >= 0 && col < w) ? x[(t * h + row) * w + col] : (T)0;
-"""
-COL2IM_CUDA = """
-    ptrdiff_t t = i;
-    const int col = t % w; t /= w;
-    const int row = t % h; t /= h;                      // t = n * C + c
-    T total = 0;
-    for (int k = 0; k < kh; ++k) {
-        const int dy = row + p - k;                     // = oy * sh for the output row oy that met it
-        if (dy < 0 || dy % sh != 0 || dy / sh >= oh) continue;
-        for (int j = 0; j < kw; ++j) {
-            const int dx = col + p - j;
-            if (dx < 0 || dx % sw != 0 || dx / sw >= ow) continue;
-            total += cols[(((t * kh + k) * kw + j) * oh + dy / sh) * ow + dx / sw];
-        }
-    }
-    x = total;
-"""
-SIZES = "int32 h, int32 w, int32 kh, int32 kw, int32 oh, int32 ow, int32 sh, int32 sw, int32 p"
+# --- 2. the obvious version: a loop over output pixels ---------------------------------------------
+def conv2d_naive(x, weight, bias=None, stride=1, padding=0, groups=1):
+    """The obvious convolution on raw arrays: one small product per output pixel and group.
+
+        y[n, o, r, s] = b[o] + sum over (c in o's group, i, j) of W[o, c, i, j] * x_pad[n, c, S r + i, S s + j]
+
+    Inputs: x (N, C, H, W), weight W (O, C/G, KH, KW), bias b (O,) or None.
+    Returns: y (N, O, OH, OW). Slow; it states the definition that ``Conv2d`` computes fast.
+    """
+    xp = get_array_module(x, weight)
+    check_conv2d(x.shape, weight.shape, None if bias is None else bias.shape, stride, padding, groups)
+    n, _, h, w = x.shape
+    o, cg, kh, kw = weight.shape
+    og = o // groups
+    oh, ow = output_size(h, kh, stride, padding), output_size(w, kw, stride, padding)
+    x_pad = pad_hw(x, padding)  # (N, C, H + 2P, W + 2P)
+    y = xp.zeros((n, o, oh, ow), dtype=x.dtype)
+    for row in range(oh):
+        for col in range(ow):
+            top, left = row * stride, col * stride
+            field = x_pad[:, :, top : top + kh, left : left + kw]  # (N, C, KH, KW), what pixel (row, col) sees
+            for group in range(groups):
+                inputs = field[:, group * cg : (group + 1) * cg]  # (N, Cg, KH, KW)
+                filters = weight[group * og : (group + 1) * og]  # (Og, Cg, KH, KW)
+                # y[n, o] = sum over (c, i, j) of inputs[n, c, i, j] * filters[o, c, i, j]
+                products = xp.tensordot(inputs, filters, axes=([1, 2, 3], [1, 2, 3]))  # (N, Og)
+                y[:, group * og : (group + 1) * og, row, col] = products
+    if bias is not None:
+        y += bias.reshape(1, o, 1, 1)
+    return y
 
 
+def conv2d_naive_backward(x, weight, grad_out, stride=1, padding=0, groups=1):
+    """The obvious backward of ``conv2d_naive``: the same loop, each output pixel handing its gradient back.
+
+    Each y[n, o, r, s] is a sum of products, so its gradient dL/dy[n, o, r, s] goes to each factor,
+    times the other one (c in o's group):
+        dL/dW[o, c, i, j]                   += dL/dy[n, o, r, s] * x_pad[n, c, S r + i, S s + j]
+        dL/dx_pad[n, c, S r + i, S s + j]  += dL/dy[n, o, r, s] * W[o, c, i, j]
+        dL/db[o]                            = sum over (n, r, s) of dL/dy[n, o, r, s]
+    and dL/dx is dL/dx_pad without its P-wide border (the padding is not an input).
+
+    Inputs: x (N, C, H, W), weight W (O, C/G, KH, KW), grad_out dL/dy (N, O, OH, OW).
+    Returns: (grad_x (N, C, H, W), grad_weight (O, C/G, KH, KW), grad_bias (O,)).
+    """
+    xp = get_array_module(x, weight, grad_out)
+    check_conv2d(x.shape, weight.shape, None, stride, padding, groups)
+    _, _, h, w = x.shape
+    o, cg, kh, kw = weight.shape
+    og = o // groups
+    _, _, oh, ow = grad_out.shape
+    x_pad = pad_hw(x, padding)  # (N, C, H + 2P, W + 2P)
+    grad_x_pad = xp.zeros(x_pad.shape, dtype=x.dtype)
+    grad_weight = xp.zeros(weight.shape, dtype=weight.dtype)
+    for row in range(oh):
+        for col in range(ow):
+            top, left = row * stride, col * stride
+            for group in range(groups):
+                ins, outs = slice(group * cg, (group + 1) * cg), slice(group * og, (group + 1) * og)
+                grad_y = grad_out[:, outs, row, col]  # (N, Og)
+                inputs = x_pad[:, ins, top : top + kh, left : left + kw]  # (N, Cg, KH, KW)
+                # dL/dW[o, c, i, j] += sum over n of grad_y[n, o] * inputs[n, c, i, j]
+                grad_weight[outs] += xp.tensordot(grad_y, inputs, axes=([0], [0]))  # (Og, Cg, KH, KW)
+                # dL/dx_pad[n, c, i, j] += sum over o of grad_y[n, o] * W[o, c, i, j]
+                grad_x_pad[:, ins, top : top + kh, left : left + kw] += xp.tensordot(
+                    grad_y, weight[outs], axes=([1], [0])
+                )  # (N, Cg, KH, KW)
+    grad_x = grad_x_pad[:, :, padding : padding + h, padding : padding + w]  # crop the padding
+    grad_bias = grad_out.sum(axis=(0, 2, 3))
+    return grad_x, grad_weight, grad_bias
+
+
+# --- 3. the same as matrix products: im2col and col2im ----------------------------------------------
 def im2col(x, kh, kw, stride, padding):
-    """Copy every (KH, KW) receptive field of x (N, C, H, W) into cols (N, C, KH, KW, OH, OW)."""
+    """Copy every (KH, KW) receptive field of x into a column.
+
+        cols[n, c, i, j, r, s] = x_pad[n, c, S r + i, S s + j]
+
+    Inputs: x (N, C, H, W). Returns: cols (N, C, KH, KW, OH, OW); read as (N, C*KH*KW, OH*OW), column
+    (r, s) holds what output pixel (r, s) sees. On NumPy, one slice copy per kernel offset (i, j).
+    """
     n, c, h, w = x.shape
     oh, ow = output_size(h, kh, stride, padding), output_size(w, kw, stride, padding)
     xp = get_array_module(x)
     cols = xp.empty((n, c, kh, kw, oh, ow), dtype=x.dtype)
-    if xp is not np:
+    if xp is not np:  # the GPU: one CUDA thread per value of cols (IM2COL_CUDA, at the end of this file)
         kernel = elementwise_kernel(f"raw T x, {SIZES}", "T cols", IM2COL_CUDA, "tinyse_im2col")
         return kernel(xp.ascontiguousarray(x).ravel(), h, w, kh, kw, oh, ow, *pair(stride), padding, cols)
     x = pad_hw(x, padding)
     for i in range(kh):
         for j in range(kw):
-            cols[:, :, i, j] = x[window(i, j, stride, oh, ow)]
+            cols[:, :, i, j] = x[window(i, j, stride, oh, ow)]  # (N, C, OH, OW)
     return cols
 
 
 def col2im(cols, x_shape, stride, padding):
-    """Adjoint of im2col: add each column of cols (N, C, KH, KW, OH, OW) back onto the pixels it came from."""
+    """Adjoint of im2col: add each column back onto the pixels it came from.
+
+        x_pad[n, c, S r + i, S s + j] += cols[n, c, i, j, r, s], then x = x_pad without its P-wide border
+
+    Inputs: cols (N, C, KH, KW, OH, OW), x_shape (N, C, H, W). Returns: x (N, C, H, W).
+    On NumPy, one slice addition per kernel offset (i, j), never ``np.add.at``.
+    """
     n, c, h, w = x_shape
     _, _, kh, kw, oh, ow = cols.shape
     xp = get_array_module(cols)
-    if xp is not np:
+    if xp is not np:  # the GPU: one CUDA thread per pixel, gathering its columns (COL2IM_CUDA, at the end)
         kernel = elementwise_kernel(f"raw T cols, {SIZES}", "T x", COL2IM_CUDA, "tinyse_col2im")
         x = xp.empty((n, c, h, w), dtype=cols.dtype)
         return kernel(xp.ascontiguousarray(cols).ravel(), h, w, kh, kw, oh, ow, *pair(stride), padding, x)
     x = xp.zeros((n, c, h + 2 * padding, w + 2 * padding), dtype=cols.dtype)
     for i in range(kh):
         for j in range(kw):
-            x[window(i, j, stride, oh, ow)] += cols[:, :, i, j]
+            x[window(i, j, stride, oh, ow)] += cols[:, :, i, j]  # (N, C, OH, OW)
     return x[:, :, padding : padding + h, padding : padding + w]
 
 
-def row_width(width, kw, stride, padding):
-    """RW, the width of an output row in the products: max(W + P, OW) for stride 1 (``image_rows``), else OW."""
-    ow = output_size(width, kw, stride, padding)
-    return max(width + padding, ow) if stride == 1 else ow
+def columns(x, kh, kw, stride, padding, groups):
+    """im2col as the matrices of the products: x (N, C, H, W) -> cols (N, G, K, OH*OW)."""
+    n, c = x.shape[:2]
+    cols = im2col(x, kh, kw, stride, padding)  # (N, C, KH, KW, OH, OW)
+    return cols.reshape(n, groups, c // groups * kh * kw, -1)
 
 
+def conv2d_im2col(x, weight, bias=None, stride=1, padding=0, groups=1):
+    """The convolution as one matrix product per image and group, on the whole batch at once.
+
+        y[n] = W (Og, K) @ cols[n] (K, OH*OW) + b, per group
+
+    Inputs: x (N, C, H, W), weight W (O, C/G, KH, KW), bias b (O,) or None.
+    Returns: y (N, O, OH, OW), the same as ``conv2d_naive``.
+    """
+    check_conv2d(x.shape, weight.shape, None if bias is None else bias.shape, stride, padding, groups)
+    n, _, h, w = x.shape
+    o, cg, kh, kw = weight.shape
+    oh, ow = output_size(h, kh, stride, padding), output_size(w, kw, stride, padding)
+    cols = columns(x, kh, kw, stride, padding, groups)  # (N, G, K, OH*OW)
+    weight_rows = weight.reshape(groups, o // groups, cg * kh * kw)  # (G, Og, K)
+    y = (weight_rows @ cols).reshape(n, o, oh, ow)  # (N, G, Og, OH*OW) -> (N, O, OH, OW)
+    if bias is not None:
+        y += bias.reshape(1, o, 1, 1)
+    return y
+
+
+def conv2d_im2col_backward(x, weight, grad_out, stride=1, padding=0, groups=1):
+    """The backward of ``conv2d_im2col``: the two gradients of a matrix product y = W @ cols, per group.
+
+        dL/dW = sum over images n of dL/dy[n] (Og, OH*OW) @ cols[n]^T (OH*OW, K)
+        dL/dcols[n] = W^T (K, Og) @ dL/dy[n] (Og, OH*OW), and dL/dx = col2im(dL/dcols)
+        dL/db = dL/dy summed over images and pixels
+
+    Inputs: x (N, C, H, W), weight W (O, C/G, KH, KW), grad_out dL/dy (N, O, OH, OW).
+    Returns: (grad_x (N, C, H, W), grad_weight (O, C/G, KH, KW), grad_bias (O,)).
+    """
+    check_conv2d(x.shape, weight.shape, None, stride, padding, groups)
+    n, c = x.shape[:2]
+    o, cg, kh, kw = weight.shape
+    _, _, oh, ow = grad_out.shape
+    cols = columns(x, kh, kw, stride, padding, groups)  # (N, G, K, OH*OW)
+    weight_rows = weight.reshape(groups, o // groups, cg * kh * kw)  # (G, Og, K)
+    grad_y = grad_out.reshape(n, groups, o // groups, oh * ow)  # (N, G, Og, OH*OW)
+    grad_weight = (grad_y @ cols.transpose(0, 1, 3, 2)).sum(axis=0)  # (N, G, Og, K) summed over N -> (G, Og, K)
+    grad_cols = weight_rows.transpose(0, 2, 1) @ grad_y  # (G, K, Og) @ (N, G, Og, OH*OW) -> (N, G, K, OH*OW)
+    grad_x = col2im(grad_cols.reshape(n, c, kh, kw, oh, ow), x.shape, stride, padding)
+    grad_bias = grad_out.sum(axis=(0, 2, 3))
+    return grad_x, grad_weight.reshape(weight.shape), grad_bias
+
+
+# --- 4. the fast version: chunks on every core; shifted rows at stride 1 on the CPU ------------------
 def uses_shifted_rows(xp, stride):
     """Which fast version runs: the shifted row views on the CPU at stride 1; im2col everywhere else.
 
@@ -176,6 +290,12 @@ def uses_shifted_rows(xp, stride):
     views would take 9 products, each on a copy (cuBLAS wants contiguous operands), and 8 additions.
     """
     return stride == 1 and xp is np
+
+
+def row_width(width, kw, stride, padding):
+    """RW, the width of an output row in the products: max(W + P, OW) for stride 1 (``image_rows``), else OW."""
+    ow = output_size(width, kw, stride, padding)
+    return max(width + padding, ow) if stride == 1 else ow
 
 
 def image_rows(x, kh, kw, padding):
@@ -204,80 +324,98 @@ def row_start(i, j, rw, padding):
 
 
 def shifted(x_rows, i, j, oh, rw, padding, groups):
-    """The (N, G, Cg, OH*RW) view of ``image_rows`` that kernel offset (i, j) meets."""
+    """The view of x_rows (N, C, (H + 2P + 2) * RW) that kernel offset (i, j) meets: (N, G, Cg, OH*RW)."""
     n, c, _ = x_rows.shape
     start = row_start(i, j, rw, padding)
     return x_rows[:, :, start : start + oh * rw].reshape(n, groups, c // groups, oh * rw)
 
 
-def columns(x, kh, kw, stride, padding, groups):
-    """im2col of a chunk as the matrices the strided products need: (N, G, K, OH*OW)."""
-    n, c = x.shape[:2]
-    cols = im2col(x, kh, kw, stride, padding)
-    return cols.reshape(n, groups, c // groups * kh * kw, -1)
-
-
 def bytes_per_image(rows, oh, rw, itemsize):
-    """Work arrays of one image in a chunk: ``rows`` rows of OH*RW values (inputs, columns, products)."""
+    """Bytes of one image's work arrays, to size the chunks: ``rows`` rows of OH*RW values each."""
     return rows * oh * rw * itemsize
 
 
-def conv_forward(x, weight, stride, padding, groups):
-    """y (N, O, OH, OW), in chunks of the batch (no bias).
+def conv_forward_shifted_rows(x, weight, padding, groups):
+    """Stride 1 on the CPU: y = sum over kernel offsets (i, j) of W[:, :, i, j] (Og, Cg) @ shifted(i, j) (Cg, OH*RW).
 
-    Shifted rows (CPU, stride 1): y = sum over offsets (i, j) of W[:, :, i, j] (Og, Cg) @ shifted(i, j)
-    (Cg, OH*RW), per group. Otherwise: y = W (Og, K) @ cols (K, OH*OW), per image and group.
+    Per group and image of a chunk, then the RW - OW junk entries of each row are cropped.
+    Inputs: x (N, C, H, W), weight W (O, C/G, KH, KW). Returns: y (N, O, OH, OW), without bias.
+    """
+    xp = get_array_module(x, weight)
+    n, c, h, w = x.shape
+    o, cg, kh, kw = weight.shape
+    og = o // groups
+    oh, ow = output_size(h, kh, 1, padding), output_size(w, kw, 1, padding)
+    rw = row_width(w, kw, 1, padding)
+    y = xp.empty((n, o, oh, ow), dtype=x.dtype)
+    weight_offsets = xp.ascontiguousarray(weight.transpose(2, 3, 0, 1)).reshape(kh, kw, groups, og, cg)
+    offsets_after_first = list(itertools.product(range(kh), range(kw)))[1:]
+
+    def run(start, stop):
+        y_rows = workspace(xp, "conv_forward", (stop - start, groups, og, oh * rw), y.dtype)  # (B, G, Og, OH*RW)
+        term = workspace(xp, "conv_forward_term", y_rows.shape, y.dtype)
+        x_rows = image_rows(x[start:stop], kh, kw, padding)  # (B, C, (H + 2P + 2) * RW)
+        # each term: (G, Og, Cg) @ (B, G, Cg, OH*RW) -> (B, G, Og, OH*RW); offset (0, 0) starts the sum
+        xp.matmul(weight_offsets[0, 0], shifted(x_rows, 0, 0, oh, rw, padding, groups), out=y_rows)
+        for i, j in offsets_after_first:
+            xp.matmul(weight_offsets[i, j], shifted(x_rows, i, j, oh, rw, padding, groups), out=term)
+            y_rows += term
+        y[start:stop] = y_rows.reshape(stop - start, o, oh, rw)[..., :ow]  # crop the junk entries
+
+    rows_per_image = c + o + o  # rows of about OH*RW values: x_rows (C), y_rows (O), term (O)
+    for_each_chunk(xp, n, bytes_per_image(rows_per_image, oh, rw, x.itemsize), run)
+    return y
+
+
+def conv_forward_im2col(x, weight, stride, padding, groups):
+    """Any stride, and on the GPU: y = W (Og, K) @ cols (K, OH*OW), per image and group, written straight into y.
+
+    Inputs: x (N, C, H, W), weight W (O, C/G, KH, KW). Returns: y (N, O, OH, OW), without bias.
     """
     xp = get_array_module(x, weight)
     n, c, h, w = x.shape
     o, cg, kh, kw = weight.shape
     og = o // groups
     oh, ow = output_size(h, kh, stride, padding), output_size(w, kw, stride, padding)
-    shifted_rows = uses_shifted_rows(xp, stride)
-    rw = row_width(w, kw, stride, padding) if shifted_rows else ow
     y = xp.empty((n, o, oh, ow), dtype=x.dtype)
-    if shifted_rows:
-        weight_offsets = xp.ascontiguousarray(weight.transpose(2, 3, 0, 1)).reshape(kh, kw, groups, og, cg)
-    else:
-        weight_rows = weight.reshape(groups, og, cg * kh * kw)  # (G, Og, K)
+    weight_rows = weight.reshape(groups, og, cg * kh * kw)  # (G, Og, K)
 
     def run(start, stop):
-        if not shifted_rows:  # straight into y: (G, Og, K) @ (B, G, K, OH*OW) -> (B, G, Og, OH*OW)
-            cols = columns(x[start:stop], kh, kw, stride, padding, groups)
-            xp.matmul(weight_rows, cols, out=y[start:stop].reshape(stop - start, groups, og, oh * ow))
-            return
-        y_rows = workspace(xp, "conv_forward", (stop - start, groups, og, oh * rw), y.dtype)
-        term = workspace(xp, "conv_forward_term", y_rows.shape, y.dtype)
-        x_rows = image_rows(x[start:stop], kh, kw, padding)
-        for i in range(kh):
-            for j in range(kw):
-                # (G, Og, Cg) @ (B, G, Cg, OH*RW) -> (B, G, Og, OH*RW)
-                xp.matmul(weight_offsets[i, j], shifted(x_rows, i, j, oh, rw, padding, groups),
-                          out=term if i or j else y_rows)
-                if i or j:
-                    y_rows += term
-        y[start:stop] = y_rows.reshape(stop - start, o, oh, rw)[..., :ow]  # crop the junk entries
+        cols = columns(x[start:stop], kh, kw, stride, padding, groups)  # (B, G, K, OH*OW)
+        # (G, Og, K) @ (B, G, K, OH*OW) -> (B, G, Og, OH*OW)
+        xp.matmul(weight_rows, cols, out=y[start:stop].reshape(stop - start, groups, og, oh * ow))
 
-    work_rows = c + 2 * o if shifted_rows else c * kh * kw + o
-    for_each_chunk(xp, n, bytes_per_image(work_rows, oh, rw, x.itemsize), run)
+    rows_per_image = c * kh * kw + o  # rows of OH*OW values: cols (G*K = C*KH*KW), y (O)
+    for_each_chunk(xp, n, bytes_per_image(rows_per_image, oh, ow, x.itemsize), run)
     return y
 
 
-def conv_weight_grad(x, grad_out, weight_shape, stride, padding, groups):
-    """dL/dW (O, C/G, KH, KW), summed over the images of a chunk, then over chunks.
+def conv_forward(x, weight, stride, padding, groups):
+    """y (N, O, OH, OW) from x (N, C, H, W) and W (O, C/G, KH, KW), no bias: shifted rows or im2col."""
+    if uses_shifted_rows(get_array_module(x, weight), stride):
+        return conv_forward_shifted_rows(x, weight, padding, groups)
+    return conv_forward_im2col(x, weight, stride, padding, groups)
 
-    Shifted rows (CPU, stride 1): dL/dW[:, :, i, j] = shifted(i, j) (Cg, OH*RW) @ dL/dy^T (OH*RW, Og),
-    transposed, per group: the input as kernel offset (i, j) met it, against the gradient of the
-    outputs it made. Otherwise: dL/dW = (cols (K, OH*OW) @ dL/dy^T (OH*OW, Og))^T.
-    Both take the tall product (Cg or K rows) rather than its transpose (Og rows): the same
-    numbers, but BLAS runs the tall form about 1.5x faster when Og is small (measured).
+
+# The weight gradients take the product with Cg (or K) rows, cols @ dL/dy^T, rather than its transpose
+# dL/dy @ cols^T with Og rows: the same numbers. For the im2col form, whose K = Cg*KH*KW rows are many
+# more than Og, BLAS ran it about 1.5x faster: measured once, when this form replaced dL/dy @ cols^T
+# (commit c065eb6; README.md's speed section quotes it); not a row of ``python -m tinyse.bench``, whose
+# ``conv3x3 fwd+bwd`` times the whole backward. The shifted-rows form (Cg rows) was not measured apart.
+def conv_weight_grad_shifted_rows(x, grad_out, weight_shape, padding, groups):
+    """Stride 1 on the CPU: dL/dW[:, :, i, j] = (shifted(i, j) (Cg, OH*RW) @ dL/dy^T (OH*RW, Og))^T.
+
+    Per group, summed over the images of a chunk, then over chunks: the input as kernel offset (i, j)
+    met it, against the gradient of the outputs it made. dL/dy gets zeros at the RW - OW junk entries
+    of each row, so they add nothing.
+    Inputs: x (N, C, H, W), grad_out dL/dy (N, O, OH, OW), weight_shape (O, C/G, KH, KW).
+    Returns: dL/dW (O, C/G, KH, KW).
     """
     xp = get_array_module(x, grad_out)
     n, o, oh, ow = grad_out.shape
     cg, kh, kw = weight_shape[1:]
     og = o // groups
-    shifted_rows = uses_shifted_rows(xp, stride)
-    rw = row_width(x.shape[3], kw, stride, padding) if shifted_rows else ow
+    rw = row_width(x.shape[3], kw, 1, padding)
 
     def run(start, stop):
         grad_rows = grad_out[start:stop]
@@ -285,19 +423,47 @@ def conv_weight_grad(x, grad_out, weight_shape, stride, padding, groups):
             grad_rows = workspace(xp, ("conv_weight_grad", ow), (stop - start, o, oh, rw), grad_out.dtype)
             grad_rows[..., :ow] = grad_out[start:stop]
         grad_t = grad_rows.reshape(stop - start, groups, og, oh * rw).transpose(0, 1, 3, 2)  # (B, G, OH*RW, Og)
-        if not shifted_rows:
-            cols = columns(x[start:stop], kh, kw, stride, padding, groups)  # (B, G, K, OH*OW)
-            return (cols @ grad_t).sum(axis=0).reshape(groups, cg, kh, kw, og)  # (G, Cg, KH, KW, Og)
-        x_rows = image_rows(x[start:stop], kh, kw, padding)
+        x_rows = image_rows(x[start:stop], kh, kw, padding)  # (B, C, (H + 2P + 2) * RW)
         products = workspace(xp, "conv_weight_products", (stop - start, kh, kw, groups, cg, og), grad_out.dtype)
         for i in range(kh):
             for j in range(kw):
+                # (B, G, Cg, OH*RW) @ (B, G, OH*RW, Og) -> (B, G, Cg, Og)
                 xp.matmul(shifted(x_rows, i, j, oh, rw, padding, groups), grad_t, out=products[:, i, j])
         return products.sum(axis=0).transpose(2, 3, 0, 1, 4)  # (G, Cg, KH, KW, Og)
 
-    work_rows = x.shape[1] + o if shifted_rows else x.shape[1] * kh * kw + o
-    partial_sums = for_each_chunk(xp, n, bytes_per_image(work_rows, oh, rw, x.itemsize), run)
+    rows_per_image = x.shape[1] + o  # rows of about OH*RW values: x_rows (C), dL/dy with junk entries (O)
+    partial_sums = for_each_chunk(xp, n, bytes_per_image(rows_per_image, oh, rw, x.itemsize), run)
     return sum(partial_sums).transpose(0, 4, 1, 2, 3).reshape(weight_shape)  # (G, Og, Cg, KH, KW) -> (O, Cg, KH, KW)
+
+
+def conv_weight_grad_im2col(x, grad_out, weight_shape, stride, padding, groups):
+    """Any stride, and on the GPU: dL/dW = (cols (K, OH*OW) @ dL/dy^T (OH*OW, Og))^T.
+
+    Per group, summed over the images of a chunk, then over chunks.
+    Inputs: x (N, C, H, W), grad_out dL/dy (N, O, OH, OW), weight_shape (O, C/G, KH, KW).
+    Returns: dL/dW (O, C/G, KH, KW).
+    """
+    xp = get_array_module(x, grad_out)
+    n, o, oh, ow = grad_out.shape
+    cg, kh, kw = weight_shape[1:]
+    og = o // groups
+
+    def run(start, stop):
+        grad_y = grad_out[start:stop].reshape(stop - start, groups, og, oh * ow)  # (B, G, Og, OH*OW)
+        grad_t = grad_y.transpose(0, 1, 3, 2)  # (B, G, OH*OW, Og)
+        cols = columns(x[start:stop], kh, kw, stride, padding, groups)  # (B, G, K, OH*OW)
+        return (cols @ grad_t).sum(axis=0).reshape(groups, cg, kh, kw, og)  # (G, Cg, KH, KW, Og)
+
+    rows_per_image = x.shape[1] * kh * kw + o  # rows of OH*OW values: cols (C*KH*KW), dL/dy (O)
+    partial_sums = for_each_chunk(xp, n, bytes_per_image(rows_per_image, oh, ow, x.itemsize), run)
+    return sum(partial_sums).transpose(0, 4, 1, 2, 3).reshape(weight_shape)  # (G, Og, Cg, KH, KW) -> (O, Cg, KH, KW)
+
+
+def conv_weight_grad(x, grad_out, weight_shape, stride, padding, groups):
+    """dL/dW (O, C/G, KH, KW) from x (N, C, H, W) and dL/dy (N, O, OH, OW): shifted rows or im2col."""
+    if uses_shifted_rows(get_array_module(x, grad_out), stride):
+        return conv_weight_grad_shifted_rows(x, grad_out, weight_shape, padding, groups)
+    return conv_weight_grad_im2col(x, grad_out, weight_shape, stride, padding, groups)
 
 
 def flipped_transposed(weight, groups):
@@ -308,28 +474,62 @@ def flipped_transposed(weight, groups):
     return flipped.reshape(groups * cg, o // groups, kh, kw)
 
 
-def conv_input_grad(grad_out, weight, x_shape, stride, padding, groups):
-    """dL/dx (N, C, H, W): col2im(W^T @ dL/dy), or for stride 1 the same as a convolution of dL/dy."""
+def conv_input_grad_flipped(grad_out, weight, padding, groups):
+    """Stride 1, square kernel: dL/dx = conv(dL/dy, flipped_transposed(W)), padding KH - 1 - P.
+
+    Pixel x[c, r, s] met output pixel (r + P - i, s + P - j) through W[o, c, i, j], so
+    dL/dx[c, r, s] = sum over (o, i, j) of W[o, c, i, j] * dL/dy[o, r + P - i, s + P - j]:
+    a convolution of dL/dy, padded by KH - 1 - P, with W' = W flipped in space and transposed in
+    channels; its output is (H + 2P - KH + 1) + 2(KH - 1 - P) - KH + 1 = H high. The same numbers
+    as col2im(W^T dL/dy), without col2im; on the CPU it runs as shifted rows.
+    Inputs: grad_out dL/dy (N, O, OH, OW), weight W (O, C/G, K, K). Returns: dL/dx (N, C, H, W).
+    """
+    kh = weight.shape[2]
+    return conv_forward(grad_out, flipped_transposed(weight, groups), 1, kh - 1 - padding, groups)
+
+
+def conv_input_grad_col2im(grad_out, weight, x_shape, stride, padding, groups):
+    """Any stride and kernel: dL/dx = col2im(W^T (K, Og) @ dL/dy (Og, OH*OW)), per image and group, in chunks.
+
+    Inputs: grad_out dL/dy (N, O, OH, OW), weight W (O, C/G, KH, KW), x_shape (N, C, H, W).
+    Returns: dL/dx (N, C, H, W).
+    """
     o, cg, kh, kw = weight.shape
-    if stride == 1 and kh == kw and padding <= kh - 1:
-        return conv_forward(grad_out, flipped_transposed(weight, groups), 1, kh - 1 - padding, groups)
     xp = get_array_module(grad_out, weight)
     n, _, oh, ow = grad_out.shape
     weight_cols = weight.reshape(groups, o // groups, cg * kh * kw).transpose(0, 2, 1)  # (G, K, Og)
     grad_x = xp.empty(x_shape, dtype=grad_out.dtype)
 
     def run(start, stop):
-        grad_y = grad_out[start:stop].reshape(stop - start, groups, o // groups, oh * ow)
+        grad_y = grad_out[start:stop].reshape(stop - start, groups, o // groups, oh * ow)  # (B, G, Og, OH*OW)
+        # (G, K, Og) @ (B, G, Og, OH*OW) -> (B, G, K, OH*OW), read as (B, C, KH, KW, OH, OW)
         grad_cols = (weight_cols @ grad_y).reshape(stop - start, x_shape[1], kh, kw, oh, ow)
-        grad_x[start:stop] = col2im(grad_cols, (stop - start,) + tuple(x_shape[1:]), stride, padding)
+        grad_x[start:stop] = col2im(grad_cols, (stop - start, *x_shape[1:]), stride, padding)
 
-    for_each_chunk(xp, n, bytes_per_image(x_shape[1] * kh * kw + o, oh, ow, grad_out.itemsize), run)
+    rows_per_image = x_shape[1] * kh * kw + o  # rows of OH*OW values: grad_cols (C*KH*KW), dL/dy (O)
+    for_each_chunk(xp, n, bytes_per_image(rows_per_image, oh, ow, grad_out.itemsize), run)
     return grad_x
+
+
+def conv_input_grad(grad_out, weight, x_shape, stride, padding, groups):
+    """dL/dx (N, C, H, W) from dL/dy (N, O, OH, OW) and W (O, C/G, KH, KW): a flipped conv or col2im."""
+    kh, kw = weight.shape[2:]
+    # The flipped convolution needs: stride 1 (at stride S, dL/dy would need S - 1 zeros between its
+    # pixels); padding KH - 1 - P >= 0 (conv_forward pads, it cannot crop); and KH == KW, because
+    # it needs KH - 1 - P rows of zeros above and below dL/dy but KW - 1 - P columns left and right,
+    # while conv_forward (pad_hw, image_rows) takes ONE padding for both axes. With KH - 1 - P on
+    # both, a non-square kernel would give an output W + 2(KH - KW) wide, its columns misplaced.
+    if stride == 1 and kh == kw and padding <= kh - 1:
+        return conv_input_grad_flipped(grad_out, weight, padding, groups)
+    return conv_input_grad_col2im(grad_out, weight, x_shape, stride, padding, groups)
 
 
 class Conv2d(Function):
     """y[n, o] = b[o] + sum over c in o's group, i, j of W[o, c, i, j] * x_pad[n, c, S*oh + i, S*ow + j].
 
+    The gradients are those of ``conv2d_naive_backward``:
+        dL/dW[o, c, i, j] = sum over (n, r, s) of dL/dy[n, o, r, s] * x_pad[n, c, S r + i, S s + j]
+        dL/dx = col2im(W^T dL/dy)                dL/db[o] = sum over (n, r, s) of dL/dy[n, o, r, s]
     Shapes: x (N, C, H, W), W (O, C/G, KH, KW), b (O,) or None -> y (N, O, OH, OW).
     """
 
@@ -358,28 +558,35 @@ class Conv2d(Function):
         return grad_x, grad_weight, grad_bias
 
 
-def conv2d_naive(x, weight, bias=None, stride=1, padding=0, groups=1):
-    """The obvious convolution on raw arrays: one small product per output pixel and group.
-
-    Slow; it states the definition that ``Conv2d`` computes fast.
-    """
-    xp = get_array_module(x, weight)
-    check_conv2d(x.shape, weight.shape, None if bias is None else bias.shape, stride, padding, groups)
-    n, _, h, w = x.shape
-    o, cg, kh, kw = weight.shape
-    og = o // groups
-    oh, ow = output_size(h, kh, stride, padding), output_size(w, kw, stride, padding)
-    x = pad_hw(x, padding)
-    y = xp.zeros((n, o, oh, ow), dtype=x.dtype)
-    for row in range(oh):
-        for col in range(ow):
-            patch = x[:, :, row * stride : row * stride + kh, col * stride : col * stride + kw]  # (N, C, KH, KW)
-            for group in range(groups):
-                inputs = patch[:, group * cg : (group + 1) * cg]  # (N, Cg, KH, KW)
-                filters = weight[group * og : (group + 1) * og]  # (Og, Cg, KH, KW)
-                # y[n, o] = sum over (c, i, j) of inputs[n, c, i, j] * filters[o, c, i, j]
-                products = xp.tensordot(inputs, filters, axes=([1, 2, 3], [1, 2, 3]))  # (N, Og)
-                y[:, group * og : (group + 1) * og, row, col] = products
-    if bias is not None:
-        y += bias.reshape(1, o, 1, 1)
-    return y
+# --- 5. the GPU's im2col and col2im -------------------------------------------------------------------
+# im2col and col2im above call these on CuPy arrays (Python looks the names up when they run, so they
+# may come last): one CUDA thread per value written (CuPy ElementwiseKernels; ``i`` is the thread's index
+# into the output). im2col: entry i of cols (N, C, KH, KW, OH, OW) reads the input pixel it copies, or
+# writes 0 in the padding. col2im: pixel i of dL/dx (N, C, H, W) gathers the columns that copied it, so no
+# two threads write to one place.
+IM2COL_CUDA = """
+    ptrdiff_t t = i;
+    const int ox = t % ow; t /= ow;
+    const int oy = t % oh; t /= oh;
+    const int j = t % kw; t /= kw;
+    const int k = t % kh; t /= kh;                      // t = n * C + c; the kernel offset is (k, j)
+    const int row = oy * sh + k - p, col = ox * sw + j - p;
+    cols = (row >= 0 && row < h && col >= 0 && col < w) ? x[(t * h + row) * w + col] : (T)0;
+"""
+COL2IM_CUDA = """
+    ptrdiff_t t = i;
+    const int col = t % w; t /= w;
+    const int row = t % h; t /= h;                      // t = n * C + c
+    T total = 0;
+    for (int k = 0; k < kh; ++k) {
+        const int dy = row + p - k;                     // = oy * sh for the output row oy that met it
+        if (dy < 0 || dy % sh != 0 || dy / sh >= oh) continue;
+        for (int j = 0; j < kw; ++j) {
+            const int dx = col + p - j;
+            if (dx < 0 || dx % sw != 0 || dx / sw >= ow) continue;
+            total += cols[(((t * kh + k) * kw + j) * oh + dy / sh) * ow + dx / sw];
+        }
+    }
+    x = total;
+"""
+SIZES = "int32 h, int32 w, int32 kh, int32 kw, int32 oh, int32 ow, int32 sh, int32 sw, int32 p"

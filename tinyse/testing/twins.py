@@ -42,6 +42,9 @@ class TorchGlobalAvgPool(tnn.Module):
         return x.mean(dim=(2, 3))
 
 
+GATES = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "relu": torch.relu}  # the excitation's last function
+
+
 class TorchSE(tnn.Module):
     """The paper's SE block: U * gate(fc2(relu(fc1(squeeze(U))))), hidden width max(1, C // r)."""
 
@@ -55,7 +58,7 @@ class TorchSE(tnn.Module):
     def gates(self, u):
         z = u.mean(dim=(2, 3)) if self.squeeze == "avg" else u.amax(dim=(2, 3))  # (N, C)
         a = self.fc2(torch.relu(self.fc1(z)))
-        return {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "relu": torch.relu}[self.excitation](a)
+        return GATES[self.excitation](a)
 
     def forward(self, u):
         return u * self.gates(u)[:, :, None, None]

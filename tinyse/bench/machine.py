@@ -1,0 +1,104 @@
+"""What the numbers were measured on (the table's header), and the devices and threads both libraries get.
+
+Threads: ``--threads N`` (default os.cpu_count(), what both libraries pick by themselves) goes to
+torch.set_num_threads and, for NumPy's BLAS, to OPENBLAS_NUM_THREADS, OMP_NUM_THREADS and MKL_NUM_THREADS
+(``BLAS_ENV``). BLAS reads those once, when NumPy is imported, so ``python -m tinyse.bench`` re-executes
+itself with them set (``__main__.py``); ``main()`` called from Python cannot change them and warns when
+they differ. The threads BLAS really uses come from threadpoolctl when it is installed, else from those
+variables.
+"""
+import datetime
+import os
+import platform
+
+import numpy as np
+
+from tinyse.backend import module_for_device
+
+BLAS_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "TINYSE_NUM_THREADS")
+
+
+# --- devices and threads ------------------------------------------------------------------------
+def torch_device(device):
+    """torch's name for ``device``, or a clear error when torch cannot reach it."""
+    if device == "gpu":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise RuntimeError("device 'gpu' asked for, but this torch build sees no CUDA device")
+        return "cuda"
+    return "cpu"
+
+
+def thread_env(threads):
+    """A copy of the environment with every BLAS thread variable set to ``threads``."""
+    return {**os.environ, **{var: str(threads) for var in BLAS_ENV}}
+
+
+def blas_threads():
+    """(threads NumPy's BLAS uses or None, where that number comes from)."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        threadpool_info = None
+    if threadpool_info is not None:
+        pools = [pool for pool in threadpool_info() if pool.get("user_api") == "blas"]
+        if pools:
+            return pools[0]["num_threads"], "threadpoolctl"
+    for var in BLAS_ENV:
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var]), var
+    return None, "no thread variable set: the BLAS default (usually every core)"
+
+
+# --- the header ---------------------------------------------------------------------------------
+def blas_name():
+    try:
+        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        return f"{blas['name']} {blas.get('version', '')}".strip()
+    except (KeyError, TypeError, ValueError):  # older NumPy (no mode=), or a build that does not say
+        return "unknown"
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def gpu_names(device):
+    if device != "gpu":
+        return None
+    import torch
+
+    cupy = module_for_device("gpu")
+    name = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)["name"]
+    return {"tinyse": name.decode() if isinstance(name, bytes) else name, "torch": torch.cuda.get_device_name()}
+
+
+def header(device, threads):
+    """What the numbers were measured on."""
+    import torch
+
+    blas, source = blas_threads()
+    return {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "machine": cpu_model(),
+        "cores": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "blas": blas_name(),
+        "blas_threads": blas,
+        "blas_threads_source": source,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "threads": threads,
+        "device": device,
+        "gpu": gpu_names(device),
+    }

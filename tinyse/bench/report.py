@@ -1,0 +1,52 @@
+"""The report as printed: the header, the table, the SE overhead and the peak memory."""
+from tinyse.bench.rows import format_shape
+
+
+def mib(count):
+    return f"{count / 2**20:.1f} MiB"
+
+
+def format_report(report):
+    """The header, the table, the derived lines and the memory, as printed."""
+    info, settings = report["header"], report["settings"]
+    blas_threads_text = info["blas_threads"] if info["blas_threads"] is not None else "?"
+    gpu = f" ({info['gpu']['tinyse']})" if info["gpu"] else ""
+    warmup, repeats = settings["warmup"], settings["repeats"]
+    lines = [
+        f"tinyse vs PyTorch  {info['date']}",
+        f"machine   {info['machine']}, {info['cores']} cores ({info['platform']})",
+        f"numpy     {info['numpy']}, BLAS {info['blas']}, {blas_threads_text} threads ({info['blas_threads_source']})",
+        f"torch     {info['torch']}, {info['torch_threads']} threads (eager, NCHW)",
+        f"device    {info['device']}{gpu}, float32, --threads {info['threads']}",
+        f"timing    median of {repeats['op']} (ops) / {repeats['model']} (models) alternating runs, "
+        + f"after {warmup['op']} / {warmup['model']} warm-up",
+        "",
+    ]
+    columns = (f"{'row':<24}{'input':>15}{'tinyse ms':>12}{'torch ms':>11}{'ratio':>8}"
+               f"{'tinyse img/s':>14}{'torch img/s':>13}")
+    lines += [columns, "-" * len(columns)]
+    for row in report["rows"]:
+        ours, theirs = row["tinyse"], row["torch"]
+        lines.append(
+            f"{row['name']:<24}{format_shape(row['shape']):>15}{ours['median_s'] * 1e3:>12.2f}"
+            f"{theirs['median_s'] * 1e3:>11.2f}{row['ratio']:>8.2f}"
+            f"{ours['images_per_s']:>14,.0f}{theirs['images_per_s']:>13,.0f}"
+        )
+    for suffix, overhead in report["se_overhead"].items():
+        lines.append(f"SE overhead, se_resnet20 / resnet20 {suffix} (median of the rounds' ratios): "
+                     f"tinyse {overhead['tinyse']:.3f}x, torch {overhead['torch']:.3f}x")
+    if report["memory"]:
+        first = report["memory"]["tinyse"]
+        title = f"peak memory of a {first['model']} training step, batch {first['batch']}"
+        lines += ["", f"{title} ({first['steps']} steps, each library in a fresh process):"]
+        for library, memory in report["memory"].items():
+            text = f"  {library:<7}{memory['measure']} {mib(memory['peak_bytes'])}"
+            if "peak_reserved_bytes" in memory:
+                text += f" (reserved {mib(memory['peak_reserved_bytes'])})"
+            if memory["device"] == "cpu":
+                text += f", {mib(memory['above_baseline_bytes'])} above the {mib(memory['baseline_bytes'])}"
+                text += " after imports and model building"
+            else:
+                text += f", {mib(memory['above_baseline_bytes'])} above the model and data"
+            lines.append(text)
+    return "\n".join(lines)
