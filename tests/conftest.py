@@ -1,4 +1,4 @@
-"""Shared test helpers: devices, tolerances, relative error, conversions to PyTorch.
+"""Shared test helpers: devices, tolerances, relative error, op-level and model-level comparisons with PyTorch.
 
 Tolerances (relative error = max|a - b| / max|b|):
     float64: 1e-10 against PyTorch, 1e-6 against finite differences
@@ -103,3 +103,47 @@ def assert_matches_torch(tinyse_fn, torch_fn, arrays, device="cpu", seed=0):
             assert device_of(t.grad) == device, f"gradient of input {i} is on {device_of(t.grad)}, not {device}"
             assert rel_error(t.grad, e) < tolerance, f"gradient of input {i} differs from torch"
     return out, ours
+
+
+def assert_model_matches_torch(model, twin, x, tol, device="cpu", seed=0):
+    """Run tinyse ``model`` (on ``device``) and its torch ``twin`` (on the CPU) on x, each in the mode it is in, and
+    push the same random output gradient back through both: the output, the gradient of x and of every parameter,
+    and the state afterwards (batch norm's running statistics and counter) agree to ``tol`` (relative error).
+
+    Gradients are cleared first on both sides, so one call compares one backward pass. The twin computes in
+    its own dtype: a float64 twin is the exact reference for a float32 model too. Returns tinyse's output.
+    """
+    model.zero_grad()
+    twin.zero_grad()
+    xs = Tensor(to_device(x, device), requires_grad=True)
+    xt = torch.from_numpy(x)
+    twin_parameters = list(twin.parameters())
+    if twin_parameters:
+        xt = xt.to(twin_parameters[0].dtype)
+    xt.requires_grad_()
+    y, yt = model(xs), twin(xt)
+    grad_out = np.random.default_rng(seed).standard_normal(y.shape).astype(x.dtype)
+    y.backward(to_device(grad_out, device))
+    yt.backward(torch.from_numpy(grad_out).to(yt.dtype))
+    assert y.dtype == x.dtype, f"output dtype {y.dtype} for a {x.dtype} input"
+    assert device_of(y.data) == device
+    assert rel_error(y.data, yt) < tol, "output"
+    assert rel_error(xs.grad, xt.grad) < tol, "gradient of the input"
+    torch_params = dict(twin.named_parameters())
+    assert [n for n, _ in model.named_parameters()] == list(torch_params)
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.dtype == p.dtype, name
+        assert rel_error(p.grad, torch_params[name].grad) < tol, name
+    torch_state = twin.state_dict()
+    for key, value in model.state_dict().items():
+        assert rel_error(value, torch_state[key]) < tol, key
+    return y
+
+
+def assert_train_and_eval_match_torch(model, twin, x, tol, device="cpu"):
+    """``assert_model_matches_torch`` in training mode (batch norm normalises with the batch's statistics and moves
+    its running ones), then in eval mode (it normalises with the running ones): forward and backward, both modes."""
+    model.train(), twin.train()
+    assert_model_matches_torch(model, twin, x, tol, device, seed=0)
+    model.eval(), twin.eval()
+    assert_model_matches_torch(model, twin, x, tol, device, seed=1)

@@ -14,32 +14,22 @@ import pytest
 import torch
 import torch.nn as tnn
 
-import tinyse
 import tinyse.functional as F
+from tinyse import nn
 from tinyse.backend import device_of, to_device
-from tinyse.nn import (
-    AvgPool2d,
-    BatchNorm2d,
-    Conv2d,
-    Flatten,
-    GlobalAvgPool2d,
-    Identity,
-    Linear,
-    MaxPool2d,
-    Module,
-    Parameter,
-    ReLU,
-    SEBlock,
-    Sequential,
-    Sigmoid,
-    manual_seed,
-)
 from tinyse.tensor import Tensor
+from tinyse.testing.twins import TorchGlobalAvgPool, TorchSE, load_into_twin
 
-from conftest import DEVICES, TORCH_TOLERANCE, distinct_values, rel_error, requires_gpu
-from torch_twins import TorchSE
+from conftest import (
+    DEVICES,
+    TORCH_TOLERANCE,
+    assert_model_matches_torch,
+    assert_train_and_eval_match_torch,
+    distinct_values,
+    rel_error,
+    requires_gpu,
+)
 
-TORCH_DTYPE = {np.float64: torch.float64, np.float32: torch.float32}
 # (dtype, device) pairs: float64 on the CPU, float32 on every device (tinyse there, torch on the CPU)
 DTYPE_DEVICES = [(np.float64, "cpu")] + [
     pytest.param(np.float32, d.values[0] if hasattr(d, "values") else d, marks=getattr(d, "marks", ()))
@@ -48,20 +38,15 @@ DTYPE_DEVICES = [(np.float64, "cpu")] + [
 
 
 # --- PyTorch twins and helpers ----------------------------------------------------------------
-class TorchGlobalAvgPool(tnn.Module):
-    def forward(self, x):
-        return x.mean(dim=(2, 3))
-
-
-class TinyNet(Module):
+class TinyNet(nn.Module):
     """conv -> bn -> relu (in a Sequential) -> SE -> global pool -> linear."""
 
     def __init__(self):
         super().__init__()
-        self.features = Sequential(Conv2d(3, 8, 3, padding=1, bias=False), BatchNorm2d(8), ReLU())
-        self.se = SEBlock(8, reduction=4)
-        self.pool = GlobalAvgPool2d()
-        self.fc = Linear(8, 5)
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.se = nn.SEBlock(8, reduction=4)
+        self.pool = nn.GlobalAvgPool2d()
+        self.fc = nn.Linear(8, 5)
 
     def forward(self, x):
         return self.fc(self.pool(self.se(self.features(x))))
@@ -79,16 +64,16 @@ class TorchTinyNet(tnn.Module):
         return self.fc(self.pool(self.se(self.features(x))))
 
 
+class TorchBatchNormReLU(tnn.BatchNorm2d):
+    """relu(batch norm), with BatchNorm2d's state and names: BatchNormReLU2d's twin."""
+
+    def forward(self, x):
+        return torch.relu(super().forward(x))
+
+
 def tiny_net(seed):
-    manual_seed(seed)
+    nn.manual_seed(seed)
     return TinyNet()
-
-
-def copy_into_torch(model, twin, dtype=np.float64):
-    """The twin in ``dtype`` holding ``model``'s state (strict: every key must match)."""
-    twin.to(TORCH_DTYPE[dtype])
-    twin.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()}, strict=True)
-    return twin
 
 
 def torch_state_as_numpy(twin):
@@ -104,44 +89,13 @@ def assert_states_equal(a, b):
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
-def forward_backward(model, twin, x, device="cpu", seed=0):
-    """Run both on x and push the same random output gradient back through both.
-
-    Returns (tinyse output, torch output, tinyse input, torch input); the inputs hold their gradients.
-    """
-    xs = Tensor(to_device(x, device), requires_grad=True)
-    xt = torch.from_numpy(x).requires_grad_()
-    y, yt = model(xs), twin(xt)
-    grad_out = np.random.default_rng(seed).standard_normal(y.shape).astype(x.dtype)
-    y.backward(to_device(grad_out, device))
-    yt.backward(torch.from_numpy(grad_out))
-    return y, yt, xs, xt
-
-
-def assert_matches_torch(model, twin, x, tol, device="cpu", seed=0):
-    """Forward, gradients of the input and of every parameter, and the state afterwards all agree."""
-    y, yt, xs, xt = forward_backward(model, twin, x, device, seed)
-    assert y.dtype == x.dtype, f"output dtype {y.dtype} for a {x.dtype} input"
-    assert device_of(y.data) == device
-    assert rel_error(y.data, yt) < tol
-    assert rel_error(xs.grad, xt.grad) < tol
-    torch_params = dict(twin.named_parameters())
-    assert [n for n, _ in model.named_parameters()] == list(torch_params)
-    for name, p in model.named_parameters():
-        assert p.grad is not None and p.grad.dtype == p.dtype, name
-        assert rel_error(p.grad, torch_params[name].grad) < tol, name
-    torch_state = twin.state_dict()
-    for key, value in model.state_dict().items():
-        assert rel_error(value, torch_state[key]) < tol, key
-
-
 # --- Module: registration and walking the tree --------------------------------------------------
-class Holder(Module):
+class Holder(nn.Module):
     def __init__(self):
         super().__init__()
-        self.w = Parameter(np.zeros(3))
+        self.w = nn.Parameter(np.zeros(3))
         self.register_buffer("count", np.zeros((2,)))
-        self.child = Linear(2, 3)
+        self.child = nn.Linear(2, 3)
         self.note = "a plain attribute"
         self.table = np.ones(4)  # an array that is not a registered buffer
 
@@ -176,12 +130,12 @@ def test_reassigning_attributes_moves_them_between_registries():
     model = Holder()
     model.w = None
     assert "w" not in dict(model.named_parameters()) and model.w is None
-    fresh = Parameter(np.ones(3))
+    fresh = nn.Parameter(np.ones(3))
     model.w = fresh
     assert model.w is fresh and dict(model.named_parameters())["w"] is fresh
     model.count = np.full(2, 7.0)
     np.testing.assert_array_equal(model.state_dict()["count"], [7.0, 7.0])
-    model.w = Identity()
+    model.w = nn.Identity()
     assert "w" not in dict(model.named_parameters()) and dict(model.named_modules())["w"] is model.w
 
 
@@ -189,19 +143,19 @@ def test_bias_added_after_construction_without_one_is_used():
     """Conv2d(bias=False) keeps ``bias = None``; assigning a Parameter later registers it AND the forward uses
     it (a stale plain attribute must not shadow it): compare with a torch conv that has that bias."""
     rng = np.random.default_rng(0)
-    conv = Conv2d(2, 3, 3, padding=1, bias=False).to(dtype=np.float64)
-    conv.bias = Parameter(rng.standard_normal(3))
+    conv = nn.Conv2d(2, 3, 3, padding=1, bias=False).to(dtype=np.float64)
+    conv.bias = nn.Parameter(rng.standard_normal(3))
     assert conv.bias is conv._parameters["bias"]
-    twin = copy_into_torch(conv, tnn.Conv2d(2, 3, 3, padding=1, bias=True))
+    twin = load_into_twin(conv, tnn.Conv2d(2, 3, 3, padding=1, bias=True))
     x = rng.standard_normal((2, 2, 5, 5))
     assert rel_error(conv(Tensor(x)).data, twin(torch.from_numpy(x))) < TORCH_TOLERANCE[np.float64]
 
 
 def test_assigning_before_super_init_is_a_clear_error():
     """A subclass that forgets super().__init__() gets an error that says so."""
-    class Broken(Module):
+    class Broken(nn.Module):
         def __init__(self):
-            self.fc = Linear(2, 2)
+            self.fc = nn.Linear(2, 2)
 
     with pytest.raises(RuntimeError, match=r"super\(\).__init__"):
         Broken()
@@ -217,7 +171,7 @@ def test_parameters_and_named_parameters_follow_torch_names():
     assert "features.0.weight" in names and "se.fc1.weight" in names
     assert [id(p) for p in model.parameters()] == [id(p) for _, p in model.named_parameters()]
     for name, p in model.named_parameters():
-        assert isinstance(p, Parameter) and p.requires_grad
+        assert isinstance(p, nn.Parameter) and p.requires_grad
         assert p.shape == tuple(torch_params[name].shape), name
     assert model.num_parameters() == sum(p.numel() for p in twin.parameters())
 
@@ -227,7 +181,7 @@ def test_gradients_accumulate_until_zero_grad_clears_them():
     them: after it, one backward gives the gradient of one step again."""
     rng = np.random.default_rng(1)
     model = tiny_net(1).to(dtype=np.float64)
-    twin = copy_into_torch(model, TorchTinyNet())
+    twin = load_into_twin(model, TorchTinyNet())
     x = rng.standard_normal((4, 3, 6, 6))
     labels = np.array([0, 1, 2, 3])
 
@@ -258,7 +212,7 @@ def test_train_and_eval_reach_every_submodule():
     model; in eval mode batch norm then uses its running statistics, matching the torch twin in eval mode."""
     rng = np.random.default_rng(2)
     model = tiny_net(2).to(dtype=np.float64)
-    twin = copy_into_torch(model, TorchTinyNet())
+    twin = load_into_twin(model, TorchTinyNet())
     x = rng.standard_normal((3, 3, 5, 5))
     model(Tensor(x)), twin(torch.from_numpy(x))  # move the running statistics away from 0 and 1
     assert model.eval() is model
@@ -282,12 +236,12 @@ def test_to_float64_casts_parameters_and_float_buffers():
     before = model.state_dict()
     assert model.to(dtype=np.float64) is model
     for name, p in model.named_parameters():
-        assert p.dtype == np.float64 and isinstance(p, Parameter), name
+        assert p.dtype == np.float64 and isinstance(p, nn.Parameter), name
     for name, b in model.named_buffers():
         assert b.dtype == (np.int64 if name.endswith("num_batches_tracked") else np.float64), name
     for key, value in model.state_dict().items():
         np.testing.assert_array_equal(value, before[key].astype(value.dtype), err_msg=key)
-    twin = copy_into_torch(model, TorchTinyNet(), np.float64)
+    twin = load_into_twin(model, TorchTinyNet(), np.float64)
     x = rng.standard_normal((2, 3, 4, 4))
     y = model(Tensor(x))
     assert y.dtype == np.float64
@@ -327,13 +281,13 @@ def test_to_gpu_moves_every_array_and_back():
 
 def test_to_unknown_device_names_the_choices():
     """A device other than "cpu" / "gpu" is refused with a ValueError that lists both."""
-    with pytest.raises(ValueError, match="cpu.*gpu"):
+    with pytest.raises(ValueError, match=r"cpu.*gpu"):
         tiny_net(0).to("tpu")
 
 
 def test_calling_a_module_runs_its_forward():
     """model(x) is model.forward(x): the same result, and forward is what gets called, with the arguments."""
-    class Recorder(Module):
+    class Recorder(nn.Module):
         def forward(self, a, b):
             self.seen = (a, b)
             return a * 2 + b
@@ -371,17 +325,18 @@ def test_print_shows_the_structure(capsys):
 
 # --- state_dict, save, load ---------------------------------------------------------------------
 LAYER_TWINS = {
-    "conv": (lambda: Conv2d(4, 6, 3, stride=2, padding=1), lambda: tnn.Conv2d(4, 6, 3, stride=2, padding=1)),
+    "conv": (lambda: nn.Conv2d(4, 6, 3, stride=2, padding=1), lambda: tnn.Conv2d(4, 6, 3, stride=2, padding=1)),
     "conv_grouped_no_bias": (
-        lambda: Conv2d(4, 6, 3, padding=1, groups=2, bias=False),
+        lambda: nn.Conv2d(4, 6, 3, padding=1, groups=2, bias=False),
         lambda: tnn.Conv2d(4, 6, 3, padding=1, groups=2, bias=False),
     ),
-    "linear": (lambda: Linear(7, 5), lambda: tnn.Linear(7, 5)),
-    "linear_no_bias": (lambda: Linear(7, 5, bias=False), lambda: tnn.Linear(7, 5, bias=False)),
-    "batchnorm": (lambda: BatchNorm2d(4), lambda: tnn.BatchNorm2d(4)),
-    "se": (lambda: SEBlock(32, reduction=8), lambda: TorchSE(32, reduction=8)),
+    "linear": (lambda: nn.Linear(7, 5), lambda: tnn.Linear(7, 5)),
+    "linear_no_bias": (lambda: nn.Linear(7, 5, bias=False), lambda: tnn.Linear(7, 5, bias=False)),
+    "batchnorm": (lambda: nn.BatchNorm2d(4), lambda: tnn.BatchNorm2d(4)),
+    "batchnorm_relu": (lambda: nn.BatchNormReLU2d(4), lambda: tnn.BatchNorm2d(4)),  # a ReLU has no state
+    "se": (lambda: nn.SEBlock(32, reduction=8), lambda: TorchSE(32, reduction=8)),
     "sequential": (
-        lambda: Sequential(Conv2d(3, 4, 1), BatchNorm2d(4), Sequential(ReLU(), Identity())),
+        lambda: nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.Sequential(nn.ReLU(), nn.Identity())),
         lambda: tnn.Sequential(tnn.Conv2d(3, 4, 1), tnn.BatchNorm2d(4), tnn.Sequential(tnn.ReLU(), tnn.Identity())),
     ),
     "tiny_net": (TinyNet, TorchTinyNet),
@@ -506,32 +461,35 @@ def test_load_mismatched_state_names_the_key_and_changes_nothing(kind):
 # --- the layers against PyTorch --------------------------------------------------------------------
 LAYER_CASES = {
     # name: (tinyse layer, torch layer, input shape)
-    "conv_stride2_pad1": (lambda: Conv2d(4, 6, 3, stride=2, padding=1), lambda: tnn.Conv2d(4, 6, 3, 2, 1), (2, 4, 7, 7)),
+    "conv_stride2_pad1": (
+        lambda: nn.Conv2d(4, 6, 3, stride=2, padding=1), lambda: tnn.Conv2d(4, 6, 3, 2, 1), (2, 4, 7, 7)
+    ),
     "conv_groups_no_bias": (
-        lambda: Conv2d(4, 6, 3, padding=1, groups=2, bias=False),
+        lambda: nn.Conv2d(4, 6, 3, padding=1, groups=2, bias=False),
         lambda: tnn.Conv2d(4, 6, 3, padding=1, groups=2, bias=False),
         (2, 4, 5, 5),
     ),
-    "conv_1x1": (lambda: Conv2d(4, 3, 1), lambda: tnn.Conv2d(4, 3, 1), (2, 4, 3, 3)),
-    "conv_depthwise": (lambda: Conv2d(4, 4, 3, groups=4), lambda: tnn.Conv2d(4, 4, 3, groups=4), (2, 4, 5, 5)),
-    "linear": (lambda: Linear(7, 5), lambda: tnn.Linear(7, 5), (3, 7)),
-    "linear_no_bias": (lambda: Linear(7, 5, bias=False), lambda: tnn.Linear(7, 5, bias=False), (3, 7)),
-    "batchnorm": (lambda: BatchNorm2d(4), lambda: tnn.BatchNorm2d(4), (3, 4, 5, 5)),
+    "conv_1x1": (lambda: nn.Conv2d(4, 3, 1), lambda: tnn.Conv2d(4, 3, 1), (2, 4, 3, 3)),
+    "conv_depthwise": (lambda: nn.Conv2d(4, 4, 3, groups=4), lambda: tnn.Conv2d(4, 4, 3, groups=4), (2, 4, 5, 5)),
+    "linear": (lambda: nn.Linear(7, 5), lambda: tnn.Linear(7, 5), (3, 7)),
+    "linear_no_bias": (lambda: nn.Linear(7, 5, bias=False), lambda: tnn.Linear(7, 5, bias=False), (3, 7)),
+    "batchnorm": (lambda: nn.BatchNorm2d(4), lambda: tnn.BatchNorm2d(4), (3, 4, 5, 5)),
+    "batchnorm_relu": (lambda: nn.BatchNormReLU2d(4), lambda: TorchBatchNormReLU(4), (3, 4, 5, 5)),
     "batchnorm_momentum_eps": (
-        lambda: BatchNorm2d(4, eps=1e-3, momentum=0.3),
+        lambda: nn.BatchNorm2d(4, eps=1e-3, momentum=0.3),
         lambda: tnn.BatchNorm2d(4, eps=1e-3, momentum=0.3),
         (3, 4, 2, 2),
     ),
-    "relu": (ReLU, tnn.ReLU, (2, 3, 4, 4)),
-    "sigmoid": (Sigmoid, tnn.Sigmoid, (2, 3, 4, 4)),
-    "maxpool_3_2_1": (lambda: MaxPool2d(3, 2, 1), lambda: tnn.MaxPool2d(3, 2, 1), (2, 3, 7, 7)),
-    "maxpool_2": (lambda: MaxPool2d(2), lambda: tnn.MaxPool2d(2), (2, 3, 6, 6)),
-    "avgpool_2": (lambda: AvgPool2d(2), lambda: tnn.AvgPool2d(2), (2, 3, 6, 6)),
-    "avgpool_3_2_1": (lambda: AvgPool2d(3, 2, 1), lambda: tnn.AvgPool2d(3, 2, 1), (2, 3, 7, 7)),
-    "global_avg_pool": (GlobalAvgPool2d, TorchGlobalAvgPool, (2, 3, 4, 5)),
-    "flatten": (Flatten, tnn.Flatten, (2, 3, 4, 5)),
-    "identity": (Identity, tnn.Identity, (2, 3, 4, 5)),
-    "se": (lambda: SEBlock(16, reduction=4), lambda: TorchSE(16, reduction=4), (2, 16, 3, 3)),
+    "relu": (nn.ReLU, tnn.ReLU, (2, 3, 4, 4)),
+    "sigmoid": (nn.Sigmoid, tnn.Sigmoid, (2, 3, 4, 4)),
+    "maxpool_3_2_1": (lambda: nn.MaxPool2d(3, 2, 1), lambda: tnn.MaxPool2d(3, 2, 1), (2, 3, 7, 7)),
+    "maxpool_2": (lambda: nn.MaxPool2d(2), lambda: tnn.MaxPool2d(2), (2, 3, 6, 6)),
+    "avgpool_2": (lambda: nn.AvgPool2d(2), lambda: tnn.AvgPool2d(2), (2, 3, 6, 6)),
+    "avgpool_3_2_1": (lambda: nn.AvgPool2d(3, 2, 1), lambda: tnn.AvgPool2d(3, 2, 1), (2, 3, 7, 7)),
+    "global_avg_pool": (nn.GlobalAvgPool2d, TorchGlobalAvgPool, (2, 3, 4, 5)),
+    "flatten": (nn.Flatten, tnn.Flatten, (2, 3, 4, 5)),
+    "identity": (nn.Identity, tnn.Identity, (2, 3, 4, 5)),
+    "se": (lambda: nn.SEBlock(16, reduction=4), lambda: TorchSE(16, reduction=4), (2, 16, 3, 3)),
 }
 
 
@@ -542,19 +500,35 @@ def test_layer_matches_torch(case, dtype, device):
     parameter gradients, and leaves the same state (batch norm's running statistics and counter)."""
     make, make_twin, shape = LAYER_CASES[case]
     rng = np.random.default_rng(zlib.crc32(case.encode()))
-    manual_seed(11)
+    nn.manual_seed(11)
     layer = make().to(device=device, dtype=dtype)
-    twin = copy_into_torch(layer, make_twin(), dtype)
+    twin = load_into_twin(layer, make_twin(), dtype)
     x = distinct_values(rng, shape, dtype) if "maxpool" in case else rng.standard_normal(shape).astype(dtype)
-    assert_matches_torch(layer, twin, x, TORCH_TOLERANCE[dtype], device)
+    assert_model_matches_torch(layer, twin, x, TORCH_TOLERANCE[dtype], device)
+
+
+@pytest.mark.parametrize("dtype, device", DTYPE_DEVICES)
+@pytest.mark.parametrize("case", ["batchnorm", "batchnorm_relu", "batchnorm_momentum_eps"])
+def test_batchnorm_layers_match_torch_in_both_modes(case, dtype, device):
+    """A batch norm (with its ReLU fused, or not) agrees with torch in training mode and then in eval mode, where it
+    normalises with the running statistics the training step left: output, input gradient (through the ReLU's mask
+    where there is one), weight and bias gradients, and the state, which eval mode leaves unchanged."""
+    make, make_twin, shape = LAYER_CASES[case]
+    rng = np.random.default_rng(zlib.crc32(case.encode()) + 1)
+    layer = make().to(device=device, dtype=dtype)
+    layer.weight.data = to_device(rng.uniform(0.5, 1.5, layer.weight.shape).astype(dtype), device)
+    layer.bias.data = to_device(rng.uniform(-0.5, 0.5, layer.bias.shape).astype(dtype), device)
+    twin = load_into_twin(layer, make_twin(), dtype)
+    x = (rng.standard_normal(shape) * 2 + 0.5).astype(dtype)  # running statistics move well off 0 and 1
+    assert_train_and_eval_match_torch(layer, twin, x, TORCH_TOLERANCE[dtype], device)
 
 
 def test_batchnorm_counts_training_batches_and_freezes_in_eval():
     """num_batches_tracked counts training forwards only, as in torch; in eval mode the running statistics
     normalise (torch's eval output) and stay unchanged."""
     rng = np.random.default_rng(12)
-    bn = BatchNorm2d(3).to(dtype=np.float64)
-    twin = copy_into_torch(bn, tnn.BatchNorm2d(3))
+    bn = nn.BatchNorm2d(3).to(dtype=np.float64)
+    twin = load_into_twin(bn, tnn.BatchNorm2d(3))
     for _ in range(3):
         x = rng.standard_normal((4, 3, 2, 2)) * 3 + 1
         bn(Tensor(x)), twin(torch.from_numpy(x))
@@ -570,19 +544,23 @@ def test_batchnorm_counts_training_batches_and_freezes_in_eval():
 
 def test_conv_groups_must_divide_the_channels():
     """Conv2d refuses a group count that does not divide the channels, saying which numbers clash."""
-    with pytest.raises(ValueError, match="groups=3.*in_channels=4"):
-        Conv2d(4, 6, 3, groups=3)
+    with pytest.raises(ValueError, match=r"groups=3.*in_channels=4"):
+        nn.Conv2d(4, 6, 3, groups=3)
 
 
 @pytest.mark.parametrize(
     "make, fan_in",
-    [(lambda: Linear(400, 300), 400), (lambda: Conv2d(64, 96, 3), 64 * 9), (lambda: Conv2d(64, 96, 3, groups=4), 16 * 9)],
+    [
+        (lambda: nn.Linear(400, 300), 400),
+        (lambda: nn.Conv2d(64, 96, 3), 64 * 9),
+        (lambda: nn.Conv2d(64, 96, 3, groups=4), 16 * 9),
+    ],
     ids=["linear", "conv", "grouped_conv"],
 )
 def test_default_init_is_torch_uniform_rule(make, fan_in):
     """Linear and Conv2d start as PyTorch's do: weight and bias uniform in +-1/sqrt(fan_in) (fan_in per group),
     so values stay inside the bound, come close to it, and have std bound/sqrt(3)."""
-    manual_seed(0)
+    nn.manual_seed(0)
     layer = make()
     bound = 1 / np.sqrt(fan_in)
     for name, p in layer.named_parameters():
@@ -596,11 +574,11 @@ def test_default_init_is_torch_uniform_rule(make, fan_in):
 
 def test_manual_seed_makes_layers_reproducible():
     """The same seed gives the same initial weights; another seed gives other weights."""
-    manual_seed(5)
+    nn.manual_seed(5)
     a = TinyNet().state_dict()
-    manual_seed(5)
+    nn.manual_seed(5)
     b = TinyNet().state_dict()
-    manual_seed(6)
+    nn.manual_seed(6)
     c = TinyNet().state_dict()
     assert_states_equal(a, b)
     assert not np.array_equal(a["features.0.weight"], c["features.0.weight"])
@@ -612,7 +590,7 @@ def test_sigmoid_gates_lie_strictly_between_0_and_1(device):
     """The paper's sigmoid gates are in (0, 1): the block only ever shrinks a channel, by s = gates (N, C),
     and the output is exactly U * s per channel."""
     rng = np.random.default_rng(13)
-    block = SEBlock(32, reduction=4).to(device)
+    block = nn.SEBlock(32, reduction=4).to(device)
     u = rng.standard_normal((4, 32, 5, 5)).astype(np.float32)
     out = block(Tensor(to_device(u, device))).numpy()
     gates = to_device(block.gates, "cpu")
@@ -627,7 +605,7 @@ def test_zero_excitation_weights_give_gates_of_one_half(device):
     """With fc2's weight and bias zero the gate is sigmoid(0) = 1/2 for every channel and sample, whatever
     the input and fc1: the output is exactly 0.5 * U."""
     rng = np.random.default_rng(14)
-    block = SEBlock(16, reduction=4)
+    block = nn.SEBlock(16, reduction=4)
     block.fc2.weight.data[...] = 0
     block.fc2.bias.data[...] = 0
     block.to(device)
@@ -642,9 +620,9 @@ def test_zero_excitation_weights_give_gates_of_one_half(device):
     [(16, 16, 1), (64, 16, 4), (16, 32, 1), (256, 16, 16), (64, 8, 8), (10, 3, 3), (3, 16, 1)],
 )
 def test_reduction_ratio_sets_the_hidden_width(channels, reduction, hidden):
-    """The bottleneck has max(1, C // r) units: fc1 maps C -> hidden, fc2 hidden -> C (values from the issue's
-    table and the formula), each with a bias; C / r < 1 still leaves one unit."""
-    block = SEBlock(channels, reduction=reduction)
+    """The bottleneck has max(1, C // r) units: fc1 maps C -> hidden, fc2 hidden -> C, each with a bias (each
+    case's hidden width worked out by hand from the paper's C / r); C / r < 1 still leaves one unit."""
+    block = nn.SEBlock(channels, reduction=reduction)
     assert block.fc1.weight.shape == (hidden, channels) and block.fc1.bias.shape == (hidden,)
     assert block.fc2.weight.shape == (channels, hidden) and block.fc2.bias.shape == (channels,)
     assert block.num_parameters() == 2 * channels * hidden + hidden + channels
@@ -659,21 +637,21 @@ def test_se_variants_match_torch(squeeze, excitation, dtype, device):
     """Every squeeze ("avg": channel means, "max": channel maxima, torch's amax) and excitation (sigmoid, tanh,
     relu gates) agrees with the torch composition: output, gates, and the gradients of U and of fc1 / fc2."""
     rng = np.random.default_rng(15)
-    manual_seed(15)
-    block = SEBlock(24, reduction=4, squeeze=squeeze, excitation=excitation).to(device=device, dtype=dtype)
-    twin = copy_into_torch(block, TorchSE(24, reduction=4, squeeze=squeeze, excitation=excitation), dtype)
+    nn.manual_seed(15)
+    block = nn.SEBlock(24, reduction=4, squeeze=squeeze, excitation=excitation).to(device=device, dtype=dtype)
+    twin = load_into_twin(block, TorchSE(24, reduction=4, squeeze=squeeze, excitation=excitation), dtype)
     u = distinct_values(rng, (3, 24, 4, 4), dtype)  # no ties, so the maximum has one winner per channel
-    assert_matches_torch(block, twin, u, TORCH_TOLERANCE[dtype], device)
+    assert_model_matches_torch(block, twin, u, TORCH_TOLERANCE[dtype], device)
     assert rel_error(block.gates, twin.gates(torch.from_numpy(u))) < TORCH_TOLERANCE[dtype]
 
 
 def test_max_squeeze_differs_from_avg_squeeze():
     """The squeeze option is really used: the same weights give other gates with "max" than with "avg"."""
     rng = np.random.default_rng(16)
-    manual_seed(16)
-    avg = SEBlock(8, reduction=2, squeeze="avg")
-    manual_seed(16)
-    mx = SEBlock(8, reduction=2, squeeze="max")
+    nn.manual_seed(16)
+    avg = nn.SEBlock(8, reduction=2, squeeze="avg")
+    nn.manual_seed(16)
+    mx = nn.SEBlock(8, reduction=2, squeeze="max")
     u = Tensor(rng.standard_normal((2, 8, 4, 4)).astype(np.float32))
     avg(u), mx(u)
     assert np.abs(avg.gates - mx.gates).max() > 1e-3
@@ -686,7 +664,7 @@ def test_max_squeeze_differs_from_avg_squeeze():
 def test_unknown_se_option_names_the_choices(option, value, choices):
     """A bad squeeze or excitation name raises ValueError naming the bad value and every valid choice."""
     with pytest.raises(ValueError) as info:
-        SEBlock(16, **{option: value})
+        nn.SEBlock(16, **{option: value})
     message = str(info.value)
     assert value in message
     for choice in choices:
@@ -695,12 +673,12 @@ def test_unknown_se_option_names_the_choices(option, value, choices):
 
 def test_a_module_shared_at_two_places_is_listed_once():
     """As in PyTorch, a layer reused twice owns its parameters once."""
-    shared = tinyse.nn.Linear(3, 3)
-    model = tinyse.nn.Sequential(shared, tinyse.nn.ReLU(), shared)
+    shared = nn.Linear(3, 3)
+    model = nn.Sequential(shared, nn.ReLU(), shared)
     assert len(model.parameters()) == 2
     assert len(list(model.modules())) == 3
 
 
 def test_se_reduction_below_one_is_a_clear_error():
     with pytest.raises(ValueError, match="reduction ratio must be at least 1, got 0"):
-        tinyse.nn.SEBlock(16, reduction=0)
+        nn.SEBlock(16, reduction=0)

@@ -2,26 +2,22 @@
 
 Each must equal its chain of separate tinyse ops (the obvious version), PyTorch's
 composition of the same ops (forward and every gradient), and finite differences;
-on the GPU, its CuPy kernels must equal the NumPy path.
+on the GPU, its CuPy kernels must equal the NumPy path. The batch norm runs in both
+modes: training (the batch's statistics) and eval (running statistics, a different
+forward and backward).
 """
 import numpy as np
 import pytest
+import torch
 import torch.nn.functional as TF
-from conftest import (
-    DEVICES,
-    DTYPES,
-    GRADCHECK_TOLERANCE,
-    TORCH_TOLERANCE,
-    assert_matches_torch,
-    away_from_zero,
-    rel_error,
-)
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import tinyse.functional as F
 from tinyse import Tensor, gradcheck
 from tinyse.backend import to_device
+
+from conftest import DEVICES, DTYPES, GRADCHECK_TOLERANCE, TORCH_TOLERANCE, assert_matches_torch, rel_error
 
 seeds = st.integers(0, 2**32 - 1)
 nchw = st.tuples(st.integers(1, 4), st.integers(1, 6), st.integers(1, 6), st.integers(1, 6))
@@ -40,15 +36,35 @@ def gradients_of(fn, arrays, grad_out):
 
 
 # --- each fused op: its chain of separate tinyse ops, its torch twin, and the shapes of its inputs ---------
+def running_statistics(x):
+    """Fixed running mean and variance (C,) for eval mode, in x's dtype and on its device (x a tinyse Tensor or a
+    torch tensor): means from -0.5 to 0.5, variances from 0.5 to 1.5, so eval normalises unlike training."""
+    channels = x.shape[1]
+    mean, var = np.linspace(-0.5, 0.5, channels), np.linspace(0.5, 1.5, channels)
+    if isinstance(x, torch.Tensor):
+        return torch.from_numpy(mean).to(x.dtype), torch.from_numpy(var).to(x.dtype)
+    return to_device(mean.astype(x.dtype), x.device), to_device(var.astype(x.dtype), x.device)
+
+
 def bn_relu(x, g, b):
     return F.batch_norm_relu(x, g, b, None, None, training=True)
+
+
+def bn_relu_eval(x, g, b):
+    return F.batch_norm_relu(x, g, b, *running_statistics(x), training=False)
 
 
 FUSED = {  # name: (fused op, the same as separate tinyse ops, the same in torch, input shapes from an NCHW shape)
     "batch_norm_relu": (
         bn_relu,
         lambda x, g, b: F.relu(F.batch_norm(x, g, b, None, None, training=True)),
-        lambda x, g, b: TF.relu(TF.batch_norm(x, None, None, g, b, True)),
+        lambda x, g, b: TF.relu(TF.batch_norm(x, None, None, g, b, training=True)),
+        lambda shape: [shape, shape[1:2], shape[1:2]],
+    ),
+    "batch_norm_relu_eval": (  # eval mode: normalised by the running statistics, not the batch's
+        bn_relu_eval,
+        lambda x, g, b: F.relu(F.batch_norm(x, g, b, *running_statistics(x), training=False)),
+        lambda x, g, b: TF.relu(TF.batch_norm(x, *running_statistics(x), g, b, training=False)),
         lambda shape: [shape, shape[1:2], shape[1:2]],
     ),
     "se_scale_add_relu": (
@@ -90,18 +106,22 @@ def test_fused_op_equals_the_chain(name, shape, seed):
 @pytest.mark.parametrize("name", FUSED)
 @given(shape=nchw, seed=seeds)
 def test_fused_op_matches_torch(name, dtype, device, shape, seed):
+    """Forward and the gradient of every input equal torch's composition of the same ops (both batch norm modes)."""
     fused_op, _, torch_fn, _ = FUSED[name]
     assert_matches_torch(fused_op, torch_fn, fused_inputs(name, shape, seed, dtype), device, seed)
 
 
-def test_batch_norm_relu_gradcheck():
-    """Against finite differences (this seed keeps every pre-ReLU value well off the kink at 0)."""
+@pytest.mark.parametrize("training", [True, False], ids=["training", "eval"])
+def test_batch_norm_relu_gradcheck(training):
+    """Against finite differences, in both modes (this seed keeps every pre-ReLU value well off the kink at 0,
+    and the ReLU stops a good share of them, so its mask is at work in the backward)."""
     rng = np.random.default_rng(5)
     x = rng.standard_normal((3, 2, 3, 3))
     gamma, beta = np.array([1.3, -0.7]), np.array([0.05, 0.1])
-    pre_relu = F.batch_norm(Tensor(x), Tensor(gamma), Tensor(beta)).data
-    assert np.abs(pre_relu).min() > 1e-3
-    assert gradcheck(bn_relu, x, gamma, beta) < GRADCHECK_TOLERANCE
+    statistics = (None, None) if training else running_statistics(Tensor(x))
+    pre_relu = F.batch_norm(Tensor(x), Tensor(gamma), Tensor(beta), *statistics, training=training).data
+    assert np.abs(pre_relu).min() > 1e-3 and 0.2 < np.mean(pre_relu > 0) < 0.8
+    assert gradcheck(bn_relu if training else bn_relu_eval, x, gamma, beta) < GRADCHECK_TOLERANCE
 
 
 def test_batch_norm_relu_in_eval_mode_uses_running_statistics():
@@ -113,12 +133,17 @@ def test_batch_norm_relu_in_eval_mode_uses_running_statistics():
 
 
 # --- SE scale + residual add + relu ----------------------------------------------------------------
-def test_se_scale_add_relu_gradcheck():
+@pytest.mark.parametrize("gated", [True, False], ids=["se_scale_add_relu", "add_relu"])
+def test_scale_add_relu_gradcheck(gated):
+    """Against finite differences, with the ReLU's input (u s + shortcut, or u + shortcut) of either sign and at
+    least 0.05 off the kink at 0."""
     rng = np.random.default_rng(7)
     u, s = rng.standard_normal((2, 3, 3, 2)), rng.standard_normal((2, 3))
-    pre_relu = u * s[:, :, None, None]
-    shortcut = away_from_zero(pre_relu + rng.standard_normal(u.shape), 0.05) - pre_relu  # keep u s + shortcut off 0
-    assert gradcheck(F.se_scale_add_relu, u, s, shortcut) < GRADCHECK_TOLERANCE
+    pre_relu = rng.choice([-1.0, 1.0], u.shape) * rng.uniform(0.05, 2.0, u.shape)
+    if gated:
+        assert gradcheck(F.se_scale_add_relu, u, s, pre_relu - u * s[:, :, None, None]) < GRADCHECK_TOLERANCE
+    else:
+        assert gradcheck(F.add_relu, u, pre_relu - u) < GRADCHECK_TOLERANCE
 
 
 def test_se_scale_add_relu_names_the_bad_shapes():

@@ -15,12 +15,11 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import tinyse.functional as F
-from tinyse.backend import device_of, to_device
 from tinyse.gradcheck import gradcheck
 from tinyse.ops import pool
 from tinyse.tensor import Tensor
 
-from conftest import DEVICES, DTYPES, GRADCHECK_TOLERANCE, TORCH_TOLERANCE, distinct_values, random_array, rel_error
+from conftest import DEVICES, DTYPES, GRADCHECK_TOLERANCE, assert_matches_torch, distinct_values, random_array
 
 NO_LIMIT = 10**9
 
@@ -54,13 +53,13 @@ def pool_cases(draw, max_input=NO_LIMIT):
     assume(kh <= h + 2 * padding and kw <= w + 2 * padding)
     c = draw(st.integers(1, max(1, min(8, max_input // (h * w)))))
     n = draw(st.integers(1, max(1, min(4, max_input // (c * h * w)))))
-    return dict(
-        x_shape=(n, c, h, w),
-        kernel_size=kh if square else (kh, kw),
-        stride=stride,
-        padding=padding,
-        seed=draw(st.integers(0, 2**32 - 1)),
-    )
+    return {
+        "x_shape": (n, c, h, w),
+        "kernel_size": kh if square else (kh, kw),
+        "stride": stride,
+        "padding": padding,
+        "seed": draw(st.integers(0, 2**32 - 1)),
+    }
 
 
 @st.composite
@@ -69,7 +68,7 @@ def global_cases(draw, max_input=NO_LIMIT):
     h, w = draw(st.integers(1, 9)), draw(st.integers(1, 9))
     c = draw(st.integers(1, max(1, min(8, max_input // (h * w)))))
     n = draw(st.integers(1, max(1, min(4, max_input // (c * h * w)))))
-    return dict(x_shape=(n, c, h, w), seed=draw(st.integers(0, 2**32 - 1)))
+    return {"x_shape": (n, c, h, w), "seed": draw(st.integers(0, 2**32 - 1))}
 
 
 def pool_input(name, shape, seed, dtype=np.float64):
@@ -81,84 +80,53 @@ def pool_input(name, shape, seed, dtype=np.float64):
 
 
 def window_args(case):
-    return dict(kernel_size=case["kernel_size"], stride=case["stride"], padding=case["padding"])
+    return {"kernel_size": case["kernel_size"], "stride": case["stride"], "padding": case["padding"]}
 
 
-# --- running one op in both libraries --------------------------------------------------------
-def compare_with_torch(tinyse_fn, torch_fn, x, device="cpu", seed=0):
-    """Run ``fn(x)`` in tinyse (on ``device``) and in PyTorch (CPU); assert they agree.
-
-    Checks, at the dtype of ``x``: the forward output, dL/dx for the same random
-    upstream gradient (not ones), and that tinyse keeps the dtype and device.
-    """
-    dtype = x.dtype
-    tolerance = TORCH_TOLERANCE[dtype.type]
-    ours = Tensor(to_device(x, device), requires_grad=True)
-    theirs = torch.from_numpy(x.copy()).requires_grad_()
-
-    y, y_ref = tinyse_fn(ours), torch_fn(theirs)
-    grad_out = np.random.default_rng(seed).standard_normal(tuple(y_ref.shape)).astype(dtype)
-    y.backward(to_device(grad_out, device))
-    y_ref.backward(torch.from_numpy(grad_out))
-
-    assert y.dtype == dtype and device_of(y.data) == device
-    assert ours.grad.dtype == dtype and device_of(ours.grad) == device
-    assert rel_error(y.data, y_ref) < tolerance, "forward"
-    assert rel_error(ours.grad, theirs.grad) < tolerance, "gradient"
+def pool_cases_for(name, max_input=NO_LIMIT):
+    """The random cases of pool ``name``: shape, window and seed for max / avg, shape and seed for the global ones."""
+    return pool_cases(max_input) if name in WINDOWED else global_cases(max_input)
 
 
+def pool_functions(name, case):
+    """(tinyse function, torch function) of pool ``name`` on one tensor, with ``case``'s window for max / avg."""
+    if name in GLOBAL:
+        return GLOBAL[name]
+    ours, theirs = WINDOWED[name]
+    args = window_args(case)
+    return lambda t: ours(t, **args), lambda t: theirs(t, **args)
+
+
+# --- running one op in both libraries (conftest.assert_matches_torch: output, dL/dx, dtypes) -------------------
 def compare_windowed(name, x, kernel_size, stride=None, padding=0, device="cpu", seed=0):
     """max_pool2d / avg_pool2d with the same settings in both libraries."""
-    ours, theirs = WINDOWED[name]
-    compare_with_torch(
-        lambda t: ours(t, kernel_size, stride, padding),
-        lambda t: theirs(t, kernel_size, stride, padding),
-        x, device, seed,
-    )
+    case = {"kernel_size": kernel_size, "stride": stride, "padding": padding}
+    assert_matches_torch(*pool_functions(name, case), [x], device, seed)
 
 
 # --- 1. gradients against finite differences --------------------------------------------------
 @settings(max_examples=40)
-@pytest.mark.parametrize("name", WINDOWED)
-@given(case=pool_cases(max_input=250))
-def test_windowed_pool_gradcheck(name, case):
-    """max_pool2d / avg_pool2d: analytic dL/dx matches central finite differences (overlapping windows too)."""
+@pytest.mark.parametrize("name", [*WINDOWED, *GLOBAL])
+@given(data=st.data())
+def test_pool_gradcheck(name, data):
+    """Every pool: analytic dL/dx matches central finite differences (overlapping windows too)."""
+    case = data.draw(pool_cases_for(name, max_input=250))
     x = pool_input(name, case["x_shape"], case["seed"])
-    op, args = WINDOWED[name][0], window_args(case)
-    assert gradcheck(lambda t: op(t, **args), x) < GRADCHECK_TOLERANCE
-
-
-@settings(max_examples=40)
-@pytest.mark.parametrize("name", GLOBAL)
-@given(case=global_cases(max_input=250))
-def test_global_pool_gradcheck(name, case):
-    """global_avg_pool2d / global_max_pool2d: analytic dL/dx matches central finite differences."""
-    x = pool_input(name, case["x_shape"], case["seed"])
-    assert gradcheck(GLOBAL[name][0], x) < GRADCHECK_TOLERANCE
+    assert gradcheck(pool_functions(name, case)[0], x) < GRADCHECK_TOLERANCE
 
 
 # --- 2. parity with PyTorch ----------------------------------------------------------------
 @settings(max_examples=80)
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("name", WINDOWED)
-@given(case=pool_cases())
-def test_windowed_pool_matches_torch(name, dtype, device, case):
-    """Random shapes/settings: output and dL/dx equal torch's max_pool2d / avg_pool2d."""
+@pytest.mark.parametrize("name", [*WINDOWED, *GLOBAL])
+@given(data=st.data())
+def test_pool_matches_torch(name, dtype, device, data):
+    """Random shapes and windows: output and dL/dx equal torch's max_pool2d / avg_pool2d, and its mean / amax
+    over (H, W) for the global pools."""
+    case = data.draw(pool_cases_for(name))
     x = pool_input(name, case["x_shape"], case["seed"], dtype)
-    compare_windowed(name, x, **window_args(case), device=device, seed=case["seed"])
-
-
-@settings(max_examples=40)
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("name", GLOBAL)
-@given(case=global_cases())
-def test_global_pool_matches_torch(name, dtype, device, case):
-    """Random shapes: output and dL/dx equal torch's mean / amax over (H, W)."""
-    x = pool_input(name, case["x_shape"], case["seed"], dtype)
-    ours, theirs = GLOBAL[name]
-    compare_with_torch(ours, theirs, x, device, case["seed"])
+    assert_matches_torch(*pool_functions(name, case), [x], device, case["seed"])
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -166,8 +134,8 @@ def test_global_pool_matches_torch(name, dtype, device, case):
 def test_global_avg_pool_matches_adaptive_avg_pool(dtype, device):
     """global_avg_pool2d is torch's adaptive_avg_pool2d to 1x1, flattened to (N, C)."""
     x = random_array(np.random.default_rng(8), (3, 5, 6, 7), dtype)
-    compare_with_torch(
-        F.global_avg_pool2d, lambda t: torch.nn.functional.adaptive_avg_pool2d(t, 1).flatten(1), x, device
+    assert_matches_torch(
+        F.global_avg_pool2d, lambda t: torch.nn.functional.adaptive_avg_pool2d(t, 1).flatten(1), [x], device
     )
 
 
@@ -255,7 +223,7 @@ def test_windowed_pool_edge_cases_match_torch(x_shape, kernel_size, stride, padd
 def test_global_pool_edge_cases_match_torch(x_shape, name, dtype, device):
     """1x1 maps, batch 1, a single row, a single pixel: equal to torch."""
     ours, theirs = GLOBAL[name]
-    compare_with_torch(ours, theirs, pool_input(name, x_shape, 12, dtype), device)
+    assert_matches_torch(ours, theirs, [pool_input(name, x_shape, 12, dtype)], device)
 
 
 # --- 6. bad input: clear errors that name the shapes and values ----------------------------------
@@ -350,6 +318,6 @@ def test_global_max_pool_ties_go_to_first_maximum(fill, dtype, device):
     rng = np.random.default_rng(14)
     shape = (2, 3, 4, 5)
     x = (np.full(shape, 1.5) if fill == "all-equal" else rng.integers(0, 3, shape).astype(np.float64)).astype(dtype)
-    compare_with_torch(
-        F.global_max_pool2d, lambda t: torch.nn.functional.max_pool2d(t, shape[2:]).flatten(1), x, device
+    assert_matches_torch(
+        F.global_max_pool2d, lambda t: torch.nn.functional.max_pool2d(t, shape[2:]).flatten(1), [x], device
     )

@@ -9,13 +9,14 @@ squeeze is the channel mean, gates of 1 leave U unchanged), and clear errors.
 
 import numpy as np
 import pytest
-import torch
 import torch.nn.functional as TF
 from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
 import tinyse.functional as F
 from tinyse import Tensor, gradcheck
+from tinyse.testing.twins import GATES
+
 from conftest import DEVICES, DTYPES, GRADCHECK_TOLERANCE, TORCH_TOLERANCE, assert_matches_torch, rel_error
 
 seeds = st.integers(0, 2**32 - 1)
@@ -48,12 +49,9 @@ def test_se_squeeze_gradcheck(shape, seed):
 
 
 # --- excite -----------------------------------------------------------------------------------------
-TORCH_GATES = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "relu": torch.relu}
-
-
 def torch_excite(gate):
     """The paper's excitation from torch ops: gate(W2 relu(W1 z + b1) + b2)."""
-    return lambda z, w1, b1, w2, b2: TORCH_GATES[gate](TF.linear(TF.relu(TF.linear(z, w1, b1)), w2, b2))
+    return lambda z, w1, b1, w2, b2: GATES[gate](TF.linear(TF.relu(TF.linear(z, w1, b1)), w2, b2))
 
 
 @st.composite

@@ -13,8 +13,8 @@ import torch
 import tinyse
 import tinyse.nn.module as module_lib
 from tinyse import models
-from tinyse.nn import Conv2d, Flatten, Linear, Module, Parameter, SEBlock, Sequential
 from tinyse.models.__main__ import main
+from tinyse.nn import Conv2d, Flatten, Linear, Module, Parameter, SEBlock, Sequential
 from tinyse.summary import summary
 
 from conftest import DEVICES
@@ -283,7 +283,9 @@ def test_cli_without_a_model_lists_the_models(capsys):
     assert all(name in out for name in tinyse.models.list())
 
 
-@pytest.mark.parametrize("argv, message", [(["resnet20", "--reduction", "8"], "without SE"), (["resnet7"], "unknown model")])
+@pytest.mark.parametrize(
+    "argv, message", [(["resnet20", "--reduction", "8"], "without SE"), (["resnet7"], "unknown model")]
+)
 def test_cli_errors(argv, message, capsys):
     """SE options on a plain model, or an unknown name: a usage error (exit 2) that says why."""
     with pytest.raises(SystemExit) as exit_info:

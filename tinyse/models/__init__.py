@@ -4,7 +4,6 @@ Every model takes ``se=None`` (plain) or SE options (see ``se_options``); the
 ``se_`` names are the same networks with SE switched on, so
 ``create("se_resnet20", reduction=8)`` equals ``create("resnet20", se={"reduction": 8})``.
 """
-import builtins
 import functools
 
 from tinyse.models import inception, resnet
@@ -31,9 +30,9 @@ def create(name, num_classes=10, seed=None, **options):
     return factory(num_classes=num_classes, **options)
 
 
-def list():  # noqa: A001 - the registry's public name, as in the issue
+def list():  # the registry's public name, models.list(); it hides the builtin list inside this module only
     """Names of every registered model, sorted."""
-    return sorted(builtins.list(_FACTORIES))
+    return sorted(_FACTORIES)
 
 
 for _depth in (20, 32, 44, 56, 110):

@@ -15,7 +15,7 @@ resolution, global average pooling, one linear layer.
 """
 import tinyse.functional as F
 from tinyse.models import se_options
-from tinyse.nn import BatchNorm2d, Conv2d, GlobalAvgPool2d, Identity, Linear, Module, Sequential, init
+from tinyse.nn import BatchNorm2d, BatchNormReLU2d, Conv2d, GlobalAvgPool2d, Identity, Linear, Module, Sequential, init
 
 
 class ShortcutA(Module):
@@ -61,49 +61,53 @@ def make_shortcut(in_channels, out_channels, stride, kind):
 
 
 class ResidualUnit(Module):
-    """What every residual block shares: the shortcut and the SE block in its chosen place.
+    """What every residual block shares: the shortcut, and the SE block in its chosen place.
 
     Subclasses build their layers, then call ``add_shortcut_and_se``, and write ``residual(x)``.
+    ``integration`` is where the SE block sits (the module docstring's four formulas), None without one.
     """
 
     def add_shortcut_and_se(self, in_channels, out_channels, stride, shortcut, se, stage):
         self.shortcut = make_shortcut(in_channels, out_channels, stride, shortcut)
-        self.integration = se["integration"] if se else None
-        self.se = se_options.make_block(in_channels if self.integration == "pre" else out_channels, se, stage)
+        where = se["integration"] if se else None
+        self.se = se_options.make_block(in_channels if where == "pre" else out_channels, se, stage)
+        self.integration = where if self.se is not None else None  # no SE block in this stage: a plain unit
 
     def forward(self, x):
-        se = self.se if self.se is not None else (lambda t: t)
+        # F.add_relu(a, b) is relu(a + b) in one op; se.scale_add_relu(u, b) is relu(SE(u) + b) in one op
         where = self.integration
-        branch = self.residual(se(x) if where == "pre" else x)
-        identity = self.shortcut(x)
-        if where == "standard" and self.se is not None:  # relu(SE(branch) + identity), fused into one op
-            return self.se(branch, identity)
-        if where == "identity":
-            identity = se(identity)
-        out = F.add_relu(branch, identity)
-        return se(out) if where == "post" else out
+        if where == "standard":  # relu(SE(residual(x)) + shortcut(x))
+            return self.se.scale_add_relu(self.residual(x), self.shortcut(x))
+        if where == "pre":  # relu(residual(SE(x)) + shortcut(x))
+            return F.add_relu(self.residual(self.se(x)), self.shortcut(x))
+        if where == "post":  # SE(relu(residual(x) + shortcut(x)))
+            return self.se(F.add_relu(self.residual(x), self.shortcut(x)))
+        if where == "identity":  # relu(residual(x) + SE(shortcut(x)))
+            return F.add_relu(self.residual(x), self.se(self.shortcut(x)))
+        return F.add_relu(self.residual(x), self.shortcut(x))  # no SE: relu(residual(x) + shortcut(x))
 
 
 class BasicBlock(ResidualUnit):
     """residual(x) = bn2(conv2(relu(bn1(conv1(x))))), two 3x3 convs; the first carries the stride.
 
-    bn1 is built with ``relu=True``: the batch norm and the ReLU after it are one op.
+    bn1 is a ``BatchNormReLU2d``: relu(bn1(.)) in one op.
     """
 
     def __init__(self, in_channels, out_channels, stride=1, shortcut="A", se=None, stage=None):
         super().__init__()
         self.conv1 = Conv2d(in_channels, out_channels, 3, stride, padding=1, bias=False)
-        self.bn1 = BatchNorm2d(out_channels, relu=True)
+        self.bn1 = BatchNormReLU2d(out_channels)
         self.conv2 = Conv2d(out_channels, out_channels, 3, 1, padding=1, bias=False)
         self.bn2 = BatchNorm2d(out_channels)
         self.add_shortcut_and_se(in_channels, out_channels, stride, shortcut, se, stage)
 
     def residual(self, x):
-        return self.bn2(self.conv2(self.bn1(self.conv1(x))))  # bn1 applies the ReLU
+        return self.bn2(self.conv2(self.bn1(self.conv1(x))))
 
 
 class Bottleneck(ResidualUnit):
-    """residual(x): 1x1 conv down to ``width``, 3x3 conv (stride; ``groups`` for ResNeXt), 1x1 conv up.
+    """residual(x) = bn3(conv3(relu(bn2(conv2(relu(bn1(conv1(x)))))))): 1x1 conv down to ``width``,
+    3x3 conv (stride; ``groups`` for ResNeXt), 1x1 conv up. bn1 and bn2 are ``BatchNormReLU2d``.
 
     ResNet: width = out / 4, groups = 1.  ResNeXt: width = cardinality * group width, groups = cardinality.
     """
@@ -112,15 +116,15 @@ class Bottleneck(ResidualUnit):
         super().__init__()
         width = width or out_channels // 4
         self.conv1 = Conv2d(in_channels, width, 1, bias=False)
-        self.bn1 = BatchNorm2d(width, relu=True)
+        self.bn1 = BatchNormReLU2d(width)
         self.conv2 = Conv2d(width, width, 3, stride, padding=1, groups=groups, bias=False)
-        self.bn2 = BatchNorm2d(width, relu=True)
+        self.bn2 = BatchNormReLU2d(width)
         self.conv3 = Conv2d(width, out_channels, 1, bias=False)
         self.bn3 = BatchNorm2d(out_channels)
         self.add_shortcut_and_se(in_channels, out_channels, stride, shortcut, se, stage)
 
     def residual(self, x):
-        x = self.bn1(self.conv1(x))  # bn1 and bn2 apply the ReLU
+        x = self.bn1(self.conv1(x))
         x = self.bn2(self.conv2(x))
         return self.bn3(self.conv3(x))
 
@@ -130,13 +134,14 @@ class CifarResNet(Module):
 
     ``make_unit(in_channels, stage, stride)`` builds one residual unit of a stage
     (1, 2 or 3) and returns it with its output channels. Convs start Kaiming-normal
-    (fan_out) and batch norms at weight 1, bias 0, as torchvision's ResNet.
+    (fan_out) and batch norms at weight 1, bias 0, as torchvision's ResNet. The stem is
+    relu(bn1(conv1(x))), bn1 a ``BatchNormReLU2d``.
     """
 
     def __init__(self, make_unit, blocks, num_classes=10):
         super().__init__()
         self.conv1 = Conv2d(3, 16, 3, padding=1, bias=False)
-        self.bn1 = BatchNorm2d(16, relu=True)
+        self.bn1 = BatchNormReLU2d(16)
         channels = 16
         for stage in (1, 2, 3):
             units = []
@@ -149,7 +154,7 @@ class CifarResNet(Module):
         init_convs(self)
 
     def forward(self, x):
-        x = self.bn1(self.conv1(x))  # with its ReLU
+        x = self.bn1(self.conv1(x))
         x = self.layer3(self.layer2(self.layer1(x)))
         return self.fc(self.pool(x))
 

@@ -3,6 +3,7 @@ from tinyse.nn.init import manual_seed
 from tinyse.nn.layers import (
     AvgPool2d,
     BatchNorm2d,
+    BatchNormReLU2d,
     Conv2d,
     Flatten,
     GlobalAvgPool2d,
@@ -16,6 +17,6 @@ from tinyse.nn.module import Module, Parameter, Sequential
 from tinyse.nn.se import SEBlock
 
 __all__ = [
-    "AvgPool2d", "BatchNorm2d", "Conv2d", "Flatten", "GlobalAvgPool2d", "Identity", "Linear", "MaxPool2d",
-    "Module", "Parameter", "ReLU", "SEBlock", "Sequential", "Sigmoid", "manual_seed",
+    "AvgPool2d", "BatchNorm2d", "BatchNormReLU2d", "Conv2d", "Flatten", "GlobalAvgPool2d", "Identity", "Linear",
+    "MaxPool2d", "Module", "Parameter", "ReLU", "SEBlock", "Sequential", "Sigmoid", "manual_seed",
 ]

@@ -54,12 +54,11 @@ class BatchNorm2d(Module):
 
     Keeps PyTorch's state: ``weight``, ``bias`` (trained), and the buffers
     ``running_mean``, ``running_var``, ``num_batches_tracked``.
-    ``relu=True`` applies a ReLU after it, fused into the same op (``F.batch_norm_relu``).
     """
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, relu=False):
+    def __init__(self, num_features, eps=1e-5, momentum=0.1):
         super().__init__()
-        self.num_features, self.eps, self.momentum, self.relu = num_features, eps, momentum, relu
+        self.num_features, self.eps, self.momentum = num_features, eps, momentum
         self.weight = Parameter(np.ones(num_features, np.float32))
         self.bias = Parameter(np.zeros(num_features, np.float32))
         self.register_buffer("running_mean", np.zeros(num_features, np.float32))
@@ -67,28 +66,51 @@ class BatchNorm2d(Module):
         self.register_buffer("num_batches_tracked", np.zeros((), np.int64))
 
     def forward(self, x):
-        if self.training:
-            self.num_batches_tracked += 1
-        batch_norm = F.batch_norm_relu if self.relu else F.batch_norm
-        return batch_norm(
+        self.count_batch()
+        return F.batch_norm(
             x, self.weight, self.bias, self.running_mean, self.running_var, self.training, self.momentum, self.eps
         )
 
+    def count_batch(self):
+        """num_batches_tracked += 1 for a training-mode batch, as PyTorch counts (eval batches do not count)."""
+        if self.training:
+            self.num_batches_tracked += 1
+
     def extra_repr(self):
-        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}" + (", then relu" if self.relu else "")
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+
+
+class BatchNormReLU2d(BatchNorm2d):
+    """relu(BatchNorm2d(x)): the batch norm and the ReLU after it as one fused op (``F.batch_norm_relu``).
+
+    Its state is BatchNorm2d's (a ReLU has none), so its state_dict keys are those of a
+    PyTorch ``BatchNorm2d`` followed by a ``ReLU``: ``bn1.weight``, ``bn1.running_mean``, ...
+    """
+
+    def forward(self, x):
+        self.count_batch()
+        return F.batch_norm_relu(
+            x, self.weight, self.bias, self.running_mean, self.running_var, self.training, self.momentum, self.eps
+        )
 
 
 class ReLU(Module):
+    """y = max(x, 0), elementwise, any shape."""
+
     def forward(self, x):
         return F.relu(x)
 
 
 class Sigmoid(Module):
+    """y = 1 / (1 + exp(-x)), elementwise, any shape."""
+
     def forward(self, x):
         return F.sigmoid(x)
 
 
 class MaxPool2d(Module):
+    """(N, C, H, W) -> (N, C, OH, OW): the maximum of each window (``stride`` defaults to the window size)."""
+
     def __init__(self, kernel_size, stride=None, padding=0):
         super().__init__()
         self.kernel_size, self.stride, self.padding = kernel_size, stride or kernel_size, padding
@@ -101,6 +123,8 @@ class MaxPool2d(Module):
 
 
 class AvgPool2d(MaxPool2d):
+    """(N, C, H, W) -> (N, C, OH, OW): the mean of each window, as MaxPool2d takes the maximum."""
+
     def forward(self, x):
         return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding)
 
@@ -120,5 +144,7 @@ class Flatten(Module):
 
 
 class Identity(Module):
+    """y = x: a placeholder, such as the shortcut of a residual unit that keeps its shape."""
+
     def forward(self, x):
         return x

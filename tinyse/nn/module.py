@@ -14,7 +14,6 @@ import numpy as np
 from tinyse.backend import get_array_module, to_device
 from tinyse.tensor import Tensor
 
-
 _tracer = None  # when set (tinyse.summary does), every module call goes through it: _tracer(module, args)
 
 
@@ -123,7 +122,7 @@ class Module:
     def to(self, device=None, dtype=None):
         """Move every parameter and buffer to ``device`` and/or cast floating ones to ``dtype``, in place."""
         for module in self.modules():
-            for name, p in module._parameters.items():
+            for p in module._parameters.values():
                 p.data = _convert(p.data, device, dtype)
                 p.grad = None
             for name, b in module._buffers.items():

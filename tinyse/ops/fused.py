@@ -1,8 +1,10 @@
 """Fused chains of elementwise ops: one pass over memory, and one GPU kernel, instead of three.
 
-    BatchNormReLU   y = relu(batch_norm(x))                          (conv -> bn -> relu, in every block)
+    BatchNormReLU   y = relu(batch_norm(x))                          (conv -> bn -> relu, in every block:
+                                                                      F.batch_norm_relu, nn.BatchNormReLU2d)
     ScaleAddReLU    y = relu(u * s[:, :, None, None] + shortcut)     (the end of a residual unit: SE scale,
-                                                                      or none, then the addition and ReLU)
+                                                                      or none, then the addition and ReLU:
+                                                                      F.se_scale_add_relu, F.add_relu)
 
 Each equals its chain of separate ops, and a test holds them equal. The backward
 is the chain's backward: the ReLU passes dL/dy where y > 0 and stops it
