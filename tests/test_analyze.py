@@ -178,10 +178,11 @@ def test_a_run_folder_means_its_best_checkpoint_else_its_last(tmp_path):
 def test_missing_checkpoints_and_models_without_se_are_clear_errors(tmp_path):
     with pytest.raises(SystemExit, match="no checkpoint at"):
         analyze_main([str(tmp_path / "missing.npz")])
-    with pytest.raises(SystemExit, match="no best.npz or last.npz"):
+    with pytest.raises(SystemExit, match=r"no best\.npz or last\.npz"):
         analyze_main([str(tmp_path)])
     config = quick_config(tmp_path)  # ResNet-20: no SE blocks (found before any data is read)
     model = build_model(config, 10)
-    save_checkpoint(tmp_path / "plain.npz", model, SGD(model.parameters(), 0.1), {"state": {"epoch": 0}, "config": config})
+    meta = {"state": {"epoch": 0}, "config": config}
+    save_checkpoint(tmp_path / "plain.npz", model, SGD(model.parameters(), 0.1), meta)
     with pytest.raises(SystemExit, match="resnet20, which has no SE blocks"):
         analyze_main([str(tmp_path / "plain.npz")])

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tinyse.backend import device_of, to_device
 from tinyse.data import (
     DATASETS,
     BatchLoader,
@@ -25,17 +26,17 @@ from tinyse.data import (
     crop,
     crop_naive,
     data_dir,
+    download,
     flip,
     load_cifar,
+    loader,
     normalize,
     random_crop,
     random_flip,
     random_stream,
     split_validation,
 )
-from tinyse.backend import device_of, to_device
-from tinyse.data import cifar, loader
-from tinyse.data.cifar import file_md5
+from tinyse.data.download import file_md5
 from tinyse.tensor import Tensor
 
 from conftest import DEVICES
@@ -271,7 +272,7 @@ def test_offline_without_data_says_where_to_put_which_file(tmp_path, monkeypatch
         Path(destination).write_bytes(b"partial")  # a failed download may have written something
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
-    monkeypatch.setattr(cifar, "download_url", offline)
+    monkeypatch.setattr(download, "download_url", offline)
     root = fresh_root(tmp_path)
     with pytest.raises(DataNotFoundError) as error:
         load_cifar("cifar10", root=root, progress=False)
@@ -283,7 +284,7 @@ def test_offline_without_data_says_where_to_put_which_file(tmp_path, monkeypatch
 
 
 def test_no_data_and_no_download_raises_without_fetching(tmp_path, monkeypatch):
-    monkeypatch.setattr(cifar, "download_url", lambda *args, **kwargs: pytest.fail("must not download"))
+    monkeypatch.setattr(download, "download_url", lambda *args, **kwargs: pytest.fail("must not download"))
     message = r"CIFAR-100 was not found in .*absent \(and download=False\).*cifar-100-python\.tar\.gz"
     with pytest.raises(DataNotFoundError, match=message):
         load_cifar("cifar100", root=tmp_path / "absent", download=False)

@@ -205,7 +205,7 @@ def test_bad_input_on_the_command_line_is_a_clear_error(tmp_path, capsys):
         experiments.main(["squeeze", "--values", "mean", "--out", str(tmp_path / "x")])
     with pytest.raises(SystemExit, match="unknown model family 'vgg16'"):
         experiments.main(["compare", "--model", "vgg16", "--out", str(tmp_path / "x")])
-    with pytest.raises(SystemExit, match="no experiment.json"):
+    with pytest.raises(SystemExit, match=r"no experiment\.json"):
         experiments.main(["summarize", str(tmp_path)])
     with pytest.raises(SystemExit):  # argparse: --seeds needs at least one
         experiments.main(["compare", "--seeds"])

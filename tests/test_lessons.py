@@ -32,5 +32,6 @@ def test_lesson_runs_top_to_bottom(path, monkeypatch):
     monkeypatch.setenv("TINYSE_LESSONS_QUICK", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
     notebook = nbformat.read(path, as_version=4)
-    client = NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
+    resources = {"metadata": {"path": str(path.parent)}}  # run in lessons/, where the figures are
+    client = NotebookClient(notebook, timeout=600, kernel_name="python3", resources=resources)
     client.execute()  # raises CellExecutionError, with the failing cell and its traceback

@@ -7,13 +7,14 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import DEVICES, rel_error
 from hypothesis import given
 from hypothesis import strategies as st
 
 from tinyse.backend import device_of, to_device
 from tinyse.optim import SGD, cosine_lr, make_schedule, step_lr, warmup
 from tinyse.tensor import Tensor
+
+from conftest import DEVICES, rel_error
 
 SGD_TOLERANCE = {np.float64: 1e-12, np.float32: 1e-6}
 SHAPES = [(3, 4), (5,), (2, 3, 2, 2)]
@@ -284,7 +285,7 @@ def test_mismatched_state_raises_clearly():
         optimizer.load_state_dict(trained_state([SHAPES[0], (6,), SHAPES[2]]))
     state = trained_state(SHAPES)
     state["momentum_buffer.3"] = np.zeros(2)
-    with pytest.raises(ValueError, match="'momentum_buffer.3': there is no parameter 3"):
+    with pytest.raises(ValueError, match=r"'momentum_buffer\.3': there is no parameter 3"):
         optimizer.load_state_dict(state)
     with pytest.raises(KeyError, match=r"missing keys \['momentum'\], unexpected keys \['model/fc.weight'\]"):
         optimizer.load_state_dict(
@@ -315,7 +316,7 @@ def torch_schedule_lrs(make_scheduler, base_lr, epochs):
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=base_lr)
     scheduler = make_scheduler(optimizer)
     stepped, closed = [], []
-    for epoch in range(epochs):
+    for _ in range(epochs):
         stepped.append(scheduler.get_last_lr()[0])
         closed.append(scheduler._get_closed_form_lr()[0])
         optimizer.step()

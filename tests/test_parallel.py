@@ -32,7 +32,10 @@ def test_workspace_is_kept_per_thread_and_zero_where_never_written():
     assert np.shares_memory(first, again) and again.shape == (2, 3)
     assert (again[:, 0] == 7).all() and not again[:, 1:].any()
     other = {}
-    thread = threading.Thread(target=lambda: other.setdefault("a", parallel.workspace(np, "test-parallel", (4, 3), np.float32)))
+    def in_another_thread():
+        other["a"] = parallel.workspace(np, "test-parallel", (4, 3), np.float32)
+
+    thread = threading.Thread(target=in_another_thread)
     thread.start()
     thread.join()
     assert not np.shares_memory(first, other["a"]) and not other["a"].any()
@@ -40,9 +43,17 @@ def test_workspace_is_kept_per_thread_and_zero_where_never_written():
 
 @pytest.mark.parametrize("shape", [(4, 3), (5, 3), (4, 2)])
 def test_workspace_is_remade_for_a_larger_batch_or_another_shape(shape):
-    small = parallel.workspace(np, "test-parallel-shapes", (4, 3), np.float64)
+    """The same request gets the same memory back, as the last user left it; a larger batch or another
+    shape gets new zeros, and a later smaller request is then the front of that new array."""
+    key = f"test-parallel-shapes-{shape}"  # a key of its own: this thread's arrays outlive the test
+    small = parallel.workspace(np, key, (4, 3), np.float64)
     small[...] = 1
-    other = parallel.workspace(np, "test-parallel-shapes", shape, np.float64)
+    other = parallel.workspace(np, key, shape, np.float64)
     assert other.shape == shape
-    if shape != (4, 3):
-        assert not other.any()
+    if shape == (4, 3):
+        assert np.shares_memory(other, small) and (other == 1).all()
+    else:
+        assert not np.shares_memory(other, small) and not other.any()
+        other[...] = 2
+        again = parallel.workspace(np, key, (4, shape[1]), np.float64)
+        assert np.shares_memory(again, other) and (again == 2).all()

@@ -6,21 +6,22 @@ one test trains SE-ResNet-20 on the real CIFAR-10 (found through TINYSE_DATA).
 """
 import json
 import os
+import re
 import signal
 from pathlib import Path
 
 import numpy as np
 import pytest
+from test_data import make_cifar10_folder, make_cifar100_folder, real_data_root
 
 import tinyse
 from tinyse import train as train_module
 from tinyse.checkpoint import atomic_write, load_checkpoint, save_checkpoint
-from tinyse.evaluate import evaluate_checkpoint
+from tinyse.evaluate import accuracy_report, evaluate_checkpoint
 from tinyse.evaluate import main as evaluate_main
 from tinyse.train import StopRequest, config_from_args, parse_args, train
 
 from conftest import DEVICES
-from test_data import make_cifar10_folder, make_cifar100_folder, real_data_root
 
 QUICK = ["--model", "resnet20", "--batch-size", "16", "--val-split", "20", "--no-progress", "--lr", "0.05"]
 
@@ -68,14 +69,49 @@ def test_interrupted_then_resumed_run_equals_an_uninterrupted_one(fake_cifar10, 
     train(whole)
     parts = quick_config(fake_cifar10, "--epochs", "2", "--prefetch", out="parts")
     assert train(parts, stop_after_steps=stop_after)["stopped"]
+    resume_and_compare(parts, whole)
+
+
+def resume_and_compare(parts, whole):
+    """Resume the stopped run ``parts``; its weights and metrics must equal those of the run ``whole``."""
     resumed = config_from_args(parse_args(["--resume", parts["out"], "--no-progress"]))
     assert not train(resumed)["stopped"]
     expected, actual = weights(Path(whole["out"]) / "last.npz"), weights(Path(parts["out"]) / "last.npz")
     assert expected.keys() == actual.keys()
     for key in expected:
         assert np.array_equal(expected[key], actual[key]), key
-    drop_time = lambda rows: [{k: v for k, v in r.items() if k not in ("seconds", "images_per_s")} for r in rows]
+
+    def drop_time(rows):
+        return [{k: v for k, v in r.items() if k not in ("seconds", "images_per_s")} for r in rows]
+
     assert drop_time(train_module.read_metrics(whole["out"])) == drop_time(train_module.read_metrics(parts["out"]))
+
+
+def test_a_stopped_run_saves_its_epoch_totals_by_name_and_old_positional_checkpoints_still_resume(fake_cifar10):
+    """last.npz keeps the epoch's running sums as named fields; a checkpoint of the earlier layout, the list
+    "partial": [loss_sum, correct, seen, seconds], resumes to the same weights and metrics."""
+    whole = quick_config(fake_cifar10, "--epochs", "2", out="whole")
+    train(whole)
+    parts = quick_config(fake_cifar10, "--epochs", "2", out="parts")
+    assert train(parts, stop_after_steps=3)["stopped"]
+    last = Path(parts["out"]) / "last.npz"
+    with np.load(last) as archive:
+        arrays = {key: archive[key] for key in archive.files}
+    meta = json.loads(str(arrays["meta"]))
+    totals = meta["state"].pop("epoch_totals")
+    assert sorted(totals) == ["correct", "loss_sum", "seconds", "seen"] and totals["seen"] == 3 * 16
+    assert meta["state"]["epoch"] == 0 and meta["state"]["step"] == 3
+    meta["state"]["partial"] = [totals["loss_sum"], totals["correct"], totals["seen"], totals["seconds"]]
+    arrays["meta"] = np.array(json.dumps(meta))
+    np.savez(last, **arrays)
+    resume_and_compare(parts, whole)
+
+
+def test_a_saved_state_that_is_not_a_training_state_is_a_clear_error():
+    state = train_module.RunState.from_dict({"epoch": 1, "step": 2, "best_val_acc": 0.5})
+    assert (state.epoch, state.step, state.epoch_totals.seen) == (1, 2, 0)
+    with pytest.raises(ValueError, match=r"cannot resume from run/last\.npz: its saved state .*'speed'"):
+        train_module.RunState.from_dict({"epoch": 1, "speed": 3}, "run/last.npz")
 
 
 def test_a_loss_that_turns_nan_stops_with_epoch_and_step_and_keeps_the_last_checkpoint(fake_cifar10, monkeypatch):
@@ -150,15 +186,73 @@ def test_a_cpu_checkpoint_evaluates_on_any_device(fake_cifar10, device, capsys):
     assert on_cpu["top1"] == pytest.approx(final_test_acc)  # evaluation agrees with the training loop's
 
 
+def direct_accuracy(logits, labels, classes):
+    """top-1, top-5 and per-class top-1 accuracy counted image by image: the reference for accuracy_report."""
+    top1_hits, top5_hits = [], []
+    for row, label in zip(logits, labels):
+        ranked_above = int((row > row[label]).sum())  # classes whose logit beats the label's (no ties here)
+        top1_hits.append(ranked_above == 0)
+        top5_hits.append(ranked_above < 5)
+    per_class = {}
+    for k, name in enumerate(classes):
+        hits = [hit for hit, label in zip(top1_hits, labels) if label == k]
+        if hits:  # a class with no test image gets no row
+            per_class[name] = sum(hits) / len(hits)
+    return {"top1": sum(top1_hits) / len(labels), "top5": sum(top5_hits) / len(labels), "per_class": per_class}
+
+
+def test_accuracy_report_counts_top1_top5_and_each_class_as_written_out_by_hand():
+    classes = ["a", "b", "c", "d", "e", "f", "g"]
+    logits = np.array([
+        [0.0, 1.0, 9.0, 2.0, 3.0, 4.0, 5.0],  # label c (2): ranked first -> top-1 and top-5
+        [7.0, 9.0, 8.0, 1.0, 2.0, 3.0, 4.0],  # label a (0): ranked third -> top-5 only
+        [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0],  # label a (0): ranked last -> neither
+        [1.0, 9.0, 0.0, 2.0, 3.0, 4.0, 5.0],  # label b (1): ranked first
+    ])
+    labels = np.array([2, 0, 0, 1])
+    report = accuracy_report(logits, labels, classes)
+    assert report == {"top1": 0.5, "top5": 0.75, "per_class": {"a": 0.0, "b": 1.0, "c": 1.0}, "images": 4}
+
+    rng = np.random.default_rng(0)
+    classes.append("h")
+    labels = rng.integers(0, 7, size=60)  # class "h" has no image, so no row
+    logits = rng.standard_normal((60, 8))
+    logits[np.arange(20), labels[:20]] += 3  # a third of the images with their label clearly on top
+    report, expected = accuracy_report(logits, labels, classes), direct_accuracy(logits, labels, classes)
+    assert report["top1"] == pytest.approx(expected["top1"]) and report["top5"] == pytest.approx(expected["top5"])
+    assert report["per_class"] == pytest.approx(expected["per_class"]) and report["images"] == 60
+    # not a degenerate case: top-5 finds more than top-1, and the classes' accuracies differ
+    assert expected["top1"] < expected["top5"] < 1 and len(set(expected["per_class"].values())) > 2
+    assert "h" not in report["per_class"]
+
+
 def test_evaluate_prints_top5_and_a_per_class_table_for_cifar100(tmp_path, capsys):
-    make_cifar100_folder(tmp_path / "data", n_train=80, n_test=40)
-    config = quick_config(tmp_path, "--dataset", "cifar100", "--epochs", "1")
-    train(config)
-    report = evaluate_main([str(Path(config["out"]) / "last.npz"), "--data-dir", str(tmp_path / "data")])
+    """A checkpoint whose last layer has zero weights predicts its bias for every image, so its ranking of
+    the classes, and with it top-1, top-5 and every class's accuracy, is known before evaluating."""
+    _, data = make_cifar100_folder(tmp_path / "data", n_train=80, n_test=40)
+    labels = np.array(data["test_labels"])
+    present = list(dict.fromkeys(labels.tolist()))  # the test set's classes, in order of first appearance
+    first, runners_up = present[0], present[1:5]
+    config = quick_config(tmp_path, "--dataset", "cifar100")
+    model = train_module.build_model(config, 100)
+    weights = model.state_dict()
+    weights["fc.weight"] = np.zeros_like(weights["fc.weight"])
+    weights["fc.bias"] = np.zeros_like(weights["fc.bias"])
+    weights["fc.bias"][[first, *runners_up]] = [5, 4, 3, 2, 1]  # every image: `first`, then the runners-up
+    model.load_state_dict(weights)
+    checkpoint = tmp_path / "ranked.npz"
+    save_checkpoint(checkpoint, model, train_module.SGD(model.parameters(), 0.1), {"state": {"epoch": 0},
+                                                                                    "config": config})
+
+    report = evaluate_main([str(checkpoint), "--data-dir", str(tmp_path / "data")])
+    top1, top5 = np.mean(labels == first), np.isin(labels, [first, *runners_up]).mean()
+    assert 0 < top1 < top5 < 1  # the fabricated test set has other classes too
+    assert report["top1"] == pytest.approx(top1) and report["top5"] == pytest.approx(top5)
+    assert report["per_class"] == {f"fine_{k}": float(k == first) for k in sorted(present)}
     printed = capsys.readouterr().out
-    assert "top-1 accuracy" in printed and "top-5 accuracy" in printed
-    assert report["top5"] >= report["top1"]
-    assert "fine_0" in printed or len(report["per_class"]) < 100  # a row per class present in the test set
+    assert f"top-1 accuracy: {100 * top1:.2f}%" in printed and f"top-5 accuracy: {100 * top5:.2f}%" in printed
+    rows = re.findall(r"^(fine_\d+) +(\d+\.\d\d)%$", printed, re.MULTILINE)  # the per-class table
+    assert rows == [(f"fine_{k}", "100.00" if k == first else "0.00") for k in sorted(present)]
 
 
 def test_resume_without_a_checkpoint_and_missing_gpu_are_clear_errors(tmp_path):
@@ -173,7 +267,7 @@ def test_missing_data_offline_says_where_to_put_it(tmp_path, monkeypatch):
     def offline(url, destination, progress=True):
         raise OSError("no network")
 
-    monkeypatch.setattr("tinyse.data.cifar.download_url", offline)
+    monkeypatch.setattr("tinyse.data.download.download_url", offline)
     with pytest.raises(SystemExit, match="cifar-10-batches-py"):
         train_module.main([*QUICK, "--data-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "run")])
 

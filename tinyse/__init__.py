@@ -8,12 +8,13 @@ from tinyse.memory import keep_freed_memory
 from tinyse.summary import summary
 from tinyse.tensor import Function, Tensor, is_grad_enabled, no_grad
 
-keep_freed_memory()  # see tinyse/memory.py: page faults were a quarter of a CPU training step
-
 if os.environ.get("TINYSE_PROFILE", "") not in ("", "0"):
     from tinyse import profile
 
     profile.enable()
 
 __version__ = "0.1.0"
-__all__ = ["Function", "Tensor", "functional", "gpu_available", "gradcheck", "is_grad_enabled", "no_grad", "summary"]
+__all__ = [
+    "Function", "Tensor", "functional", "gpu_available", "gradcheck", "is_grad_enabled", "keep_freed_memory", "no_grad",
+    "summary",
+]

@@ -27,6 +27,7 @@ from tinyse.backend import device_of, module_for_device, to_device
 from tinyse.checkpoint import atomic_write
 from tinyse.data import DATASETS, DataError, load_cifar, normalize
 from tinyse.evaluate import load_trained_model
+from tinyse.memory import keep_freed_memory
 from tinyse.nn import SEBlock
 from tinyse.progress import Progress
 from tinyse.tensor import Tensor, no_grad
@@ -354,6 +355,7 @@ def analyze_checkpoint(path, out=None, per_class=50, all_blocks=False, data_dir=
 
 
 def main(argv=None):
+    keep_freed_memory()  # a process-wide malloc setting, so the tool asks for it (tinyse/memory.py)
     parser = argparse.ArgumentParser(prog="python -m tinyse.analyze", description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", help="a best.npz / last.npz of python -m tinyse.train, or its run folder")
     parser.add_argument("--per-class", type=int, default=50, help="test images per class (default 50, as the paper)")

@@ -69,12 +69,14 @@ def get_array_module(*arrays):
     """The array module (numpy or cupy) of the given arrays.
 
     Non-array arguments (Python numbers, None) are ignored. Mixing NumPy and
-    CuPy arrays is an error that says which argument lives where.
+    CuPy arrays is an error that says which argument lives where, numbering
+    the arguments by their position in the call (the ignored ones count).
     """
-    devices = [device_of(a) for a in arrays if a is not None and hasattr(a, "shape")]
+    where_each = {i: device_of(a) for i, a in enumerate(arrays) if a is not None and hasattr(a, "shape")}
+    devices = set(where_each.values())
     if "gpu" in devices:
         if "cpu" in devices:
-            where = ", ".join(f"argument {i}: {d}" for i, d in enumerate(devices))
+            where = ", ".join(f"argument {i}: {d}" for i, d in where_each.items())
             raise RuntimeError(
                 f"arrays on different devices ({where}); move them with .to('cpu') or .to('gpu') first"
             )

@@ -15,6 +15,7 @@ import numpy as np
 
 import tinyse.functional as F
 from tinyse.backend import module_for_device
+from tinyse.memory import keep_freed_memory
 from tinyse.tensor import Tensor
 
 
@@ -47,6 +48,7 @@ def forward(p, images):
 
 
 def main(argv=None):
+    keep_freed_memory()  # a process-wide malloc setting, so the tool asks for it (tinyse/memory.py)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
     parser.add_argument("--steps", type=int, default=50)

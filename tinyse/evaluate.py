@@ -11,6 +11,7 @@ import numpy as np
 from tinyse.backend import module_for_device, to_device
 from tinyse.checkpoint import load_checkpoint
 from tinyse.data import DATASETS, BatchLoader, DataError, load_cifar
+from tinyse.memory import keep_freed_memory
 from tinyse.tensor import no_grad
 from tinyse.train import build_model
 
@@ -64,6 +65,7 @@ def evaluate_checkpoint(path, data_dir=None, device="cpu", batch_size=256):
 
 
 def main(argv=None):
+    keep_freed_memory()  # a process-wide malloc setting, so the tool asks for it (tinyse/memory.py)
     parser = argparse.ArgumentParser(prog="python -m tinyse.evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", help="a last.npz or best.npz written by python -m tinyse.train")
     parser.add_argument("--data-dir", help="where CIFAR is (default: the run's setting, $TINYSE_DATA, or the cache)")

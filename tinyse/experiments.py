@@ -15,14 +15,15 @@ metrics.jsonl, last.npz, curves.png). The seed sets the initial weights, the
 training subset and the data order, so the plain and SE runs of one seed see
 the same images in the same order: their difference is paired by seed.
 
-The default budget fits a CPU evening: 10 epochs (cosine schedule) on 10,000
+The default budget is sized for a CPU: 10 epochs (cosine schedule) on 10,000
 training images (a random subset per seed), no validation split, tested on
 all 10,000 test images after every epoch; batch 128, lr 0.1, He et al.'s
-augmentation. On 2 CPU cores tinyse trains ResNet-20 at about 83 images/s
-and evaluates at about 250 images/s (the README's measured run), so one run
-takes about 27 minutes and ``compare`` (2 variants x 3 seeds) about 2.7
-hours; an ablation of 5 values x 3 seeds is a night (``--seeds 0`` for a
-first look). SE adds a few percent to the time.
+augmentation. One run is therefore 100,000 training images and 100,000 test
+images; divide by your machine's speeds to plan (``python -m tinyse.train``
+prints the training images/s on each epoch line, and evaluation is a few
+times faster). ``compare`` is 6 runs (2 variants x 3 seeds), an ablation of
+5 values 15 runs (``--seeds 0`` for a first look). SE adds a few percent to
+the time.
 
 Re-running the same command skips finished runs (their metrics.jsonl reaches
 the requested epochs), resumes interrupted ones from their last.npz, and
@@ -49,6 +50,7 @@ from tinyse import train as train_module
 from tinyse.backend import module_for_device
 from tinyse.checkpoint import atomic_write
 from tinyse.data import DataError
+from tinyse.memory import keep_freed_memory
 from tinyse.models import se_options
 from tinyse.nn.se import SQUEEZES
 from tinyse.ops.se import GATES
@@ -118,8 +120,9 @@ def ablation_variants(option, model, values=None, with_plain=False):
 
 def run_config(out, variant, seed, recipe, device="cpu", data_dir=None, progress=True):
     """The ``tinyse.train`` config of one run (built by train's own command line, so every default is train's)."""
-    args = ["--model", variant["model"], "--seed", str(seed), "--out", os.path.join(out, variant["folder"], f"seed{seed}"),
-            "--device", device, *variant["train_args"]]
+    run_folder = os.path.join(out, variant["folder"], f"seed{seed}")
+    args = ["--model", variant["model"], "--seed", str(seed), "--out", run_folder, "--device", device,
+            *variant["train_args"]]
     for key, value in recipe.items():
         if value is not None:
             args += [f"--{key.replace('_', '-')}", str(value)]
@@ -420,6 +423,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
+    keep_freed_memory()  # a process-wide malloc setting, so the tool asks for it (tinyse/memory.py)
     args = parse_args(argv)
     try:
         if args.command == "summarize":

@@ -14,8 +14,15 @@ are each a new array, ran twice as fast without them.
 its heap and never shrink the heap: freed blocks stay in the process and
 serve the next step. The peak memory is unchanged; what changes is that the
 process keeps its peak until it exits, as PyTorch's and CuPy's caching
-allocators do. ``import tinyse`` calls it, unless $TINYSE_KEEP_FREED_MEMORY
-is 0. On other C libraries (macOS, Windows, musl) it does nothing.
+allocators do.
+
+It changes the whole process, so nothing calls it at import: the command-line
+tools (``python -m tinyse.train``, ``evaluate``, ``analyze``, ``demo``,
+``experiments``, the benchmark) call it first thing in their ``main``, and a
+program that uses tinyse as a library calls ``tinyse.keep_freed_memory()``
+itself, once, before it starts training. $TINYSE_KEEP_FREED_MEMORY=0 makes it
+do nothing (the switch for the tools). On other C libraries (macOS, Windows,
+musl) it does nothing.
 """
 import ctypes
 import ctypes.util
@@ -29,7 +36,10 @@ _kept = False
 
 
 def keep_freed_memory():
-    """Tell glibc's malloc to keep freed memory for reuse. Returns True if glibc took the settings."""
+    """Tell glibc's malloc to keep freed memory for reuse, for the rest of the process.
+
+    Returns True if glibc took the settings; False on another C library or with $TINYSE_KEEP_FREED_MEMORY=0.
+    """
     global _kept
     if _kept:
         return True

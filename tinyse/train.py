@@ -27,6 +27,7 @@ import os
 import signal
 import sys
 import time
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -35,6 +36,7 @@ from tinyse import models
 from tinyse.backend import module_for_device
 from tinyse.checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from tinyse.data import BatchLoader, DataError, load_cifar, random_stream, split_validation
+from tinyse.memory import keep_freed_memory
 from tinyse.models import se_options
 from tinyse.nn import manual_seed
 from tinyse.nn.se import SQUEEZES
@@ -58,7 +60,8 @@ def parse_args(argv=None):
     add("--nesterov", action="store_true")
     add("--weight-decay", type=float, default=1e-4)
     add("--schedule", default="step", choices=("step", "cosine", "constant"))
-    add("--milestones", type=int, nargs="*", help="epochs where the step schedule divides the lr by 10 (default 50%% and 75%%)")
+    add("--milestones", type=int, nargs="*",
+        help="epochs where the step schedule divides the lr by 10 (default 50%% and 75%%)")
     add("--warmup-epochs", type=float, default=0.0)
     add("--device", default="cpu", choices=("cpu", "gpu"))
     add("--data-dir", help="where CIFAR is, or will be downloaded (default: $TINYSE_DATA, else ~/.cache/tinyse/data)")
@@ -128,11 +131,104 @@ def evaluate(model, loader):
 
 
 # --- the loop --------------------------------------------------------------------------------
-class StopRequest:
-    """Ctrl-C asks the loop to stop after the current step (a second Ctrl-C stops at once)."""
+def train_epoch(model, optimizer, schedule, loader, state, stop, progress):
+    """Train ``model`` on epoch ``state.epoch`` of ``loader``, from batch ``state.step``; True if the epoch finished.
 
-    def __init__(self):
+    state: the run's ``RunState``; its ``step`` and ``epoch_totals`` advance with every step, so
+    a resumed epoch (``state.step`` > 0) goes on where it stopped.
+    stop: a ``StopRequest``; after the step where it is requested (Ctrl-C) this returns False,
+    with ``state`` ready to save and resume. progress: a ``Progress`` bar, closed on return.
+    Raises ``FloatingPointError`` when the loss is not finite.
+    """
+    epoch, totals, steps_per_epoch = state.epoch, state.epoch_totals, len(loader)
+    clock = time.perf_counter() - totals.seconds  # a resumed epoch counts the seconds it ran before
+    model.train()  # batch norm on batch statistics (evaluate() switches to eval mode and back)
+    for images, labels in loader.batches(epoch, start=state.step):
+        optimizer.lr = schedule(epoch + state.step / steps_per_epoch)
+        logits = model(images)                         # (B, classes)
+        loss = F.cross_entropy(logits, labels)         # a scalar Tensor: the batch's mean loss
+        optimizer.zero_grad()                          # gradients accumulate in .grad: clear the last step's
+        loss.backward()                                # .grad of every parameter
+        optimizer.step()                               # SGD with momentum and weight decay
+        loss_value = totals.add(loss, logits, labels)  # loss sum, correct answers, images seen
+
+        state.step += 1
+        totals.seconds = time.perf_counter() - clock
+        if not math.isfinite(loss_value):
+            progress.close()
+            raise FloatingPointError(f"the loss became {loss_value} at epoch {epoch + 1}, step {state.step}")
+        progress.update(loss=totals.loss_sum / totals.seen, acc=100 * totals.correct / totals.seen,
+                        img_s=totals.seen / totals.seconds)
+        if stop.after_step():
+            progress.close()
+            return False
+    progress.close()
+    totals.seconds = time.perf_counter() - clock
+    return True
+
+
+@dataclass
+class EpochTotals:
+    """Sums over the steps of the current epoch so far: its training loss, accuracy and speed."""
+
+    loss_sum: float = 0.0  # sum over the images seen of each image's loss
+    correct: int = 0  # images whose largest logit is their label
+    seen: int = 0  # images trained on
+    seconds: float = 0.0  # time the epoch has run (over a resume: before and after it)
+
+    def add(self, loss, logits, labels):
+        """Count one step's batch; return its mean loss as a Python float."""
+        loss_value, batch = loss.item(), len(labels)
+        self.loss_sum += loss_value * batch
+        self.correct += int((logits.data.argmax(axis=1) == labels).sum())
+        self.seen += batch
+        return loss_value
+
+
+@dataclass
+class RunState:
+    """Where a run is; saved as ``meta["state"]`` in every checkpoint, so ``--resume`` continues exactly."""
+
+    epoch: int = 0  # epochs finished
+    step: int = 0  # steps finished in the current epoch
+    best_val_acc: float | None = None  # the validation accuracy of best.npz
+    epoch_totals: EpochTotals = field(default_factory=EpochTotals)
+
+    def as_dict(self):
+        """{"epoch", "step", "best_val_acc", "epoch_totals": {"loss_sum", "correct", "seen", "seconds"}}: JSON-able."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, saved, path="the checkpoint"):
+        """The state that ``as_dict`` gave. Checkpoints of earlier tinyse versions hold the epoch's totals
+        as a list, ``"partial": [loss_sum, correct, seen, seconds]``; they resume too."""
+        values = dict(saved)
+        if "partial" in values:
+            values["epoch_totals"] = dict(zip(("loss_sum", "correct", "seen", "seconds"), values.pop("partial")))
+        try:
+            totals = EpochTotals(**values.pop("epoch_totals", {}))
+            return cls(**values, epoch_totals=totals)
+        except TypeError as error:  # a name that is not a field
+            raise ValueError(f"cannot resume from {path}: its saved state {saved} is not a tinyse.train state "
+                             f"({error})") from None
+
+
+class StopRequest:
+    """Ctrl-C asks the loop to stop after the current step (a second Ctrl-C stops at once).
+
+    ``after_steps`` asks for the stop after that many steps, as Ctrl-C would (for tests).
+    """
+
+    def __init__(self, after_steps=None):
         self.requested = False
+        self.steps_left = after_steps
+
+    def after_step(self):
+        """Count a step; True when the loop should stop now."""
+        if self.steps_left is not None:
+            self.steps_left -= 1
+            self.requested = self.requested or self.steps_left == 0
+        return self.requested
 
     def __enter__(self):
         self.previous = signal.signal(signal.SIGINT, self.handle)
@@ -154,6 +250,7 @@ def train(config, stop_after_steps=None):
     ``stop_after_steps`` stops the run after that many steps as Ctrl-C would (for tests).
     """
     out = config["out"]
+    last = os.path.join(out, "last.npz")
     os.makedirs(out, exist_ok=True)
     data, loaders = build_data(config)
     model = build_model(config, len(data.classes))
@@ -161,76 +258,61 @@ def train(config, stop_after_steps=None):
     schedule = make_schedule(
         config["schedule"], config["lr"], config["epochs"], config["milestones"], warmup_epochs=config["warmup_epochs"]
     )
-    state = {"epoch": 0, "step": 0, "best_val_acc": None, "partial": [0.0, 0, 0, 0.0]}
+    state = RunState()
     if config.get("resumed"):
-        weights, optimizer_state, meta = load_checkpoint(os.path.join(out, "last.npz"))
+        weights, optimizer_state, meta = load_checkpoint(last)
+        state = RunState.from_dict(meta["state"], last)
         model.load_state_dict(weights)
         optimizer.load_state_dict(optimizer_state)
-        state = meta["state"]
-        print(f"resuming {out} at epoch {state['epoch'] + 1}, step {state['step']}")
+        print(f"resuming {out} at epoch {state.epoch + 1}, step {state.step}")
     else:
         atomic_write(os.path.join(out, "config.json"), lambda f: f.write(json.dumps(config, indent=2).encode()))
         open(os.path.join(out, "metrics.jsonl"), "w").close()
 
-    def save(name):
-        save_checkpoint(os.path.join(out, name), model, optimizer, {"state": state, "config": config})
+    def save(name):  # atomic: a crash while writing leaves the previous file whole (tinyse/checkpoint.py)
+        save_checkpoint(os.path.join(out, name), model, optimizer, {"state": state.as_dict(), "config": config})
 
-    steps_per_epoch = len(loaders["train"])
-    steps_done = 0
     metrics = None
-    with StopRequest() as stop:
-        while state["epoch"] < config["epochs"]:
-            epoch = state["epoch"]
-            loss_sum, correct, seen, seconds = state["partial"]
-            progress = Progress(steps_per_epoch, f"epoch {epoch + 1}/{config['epochs']}", enabled=config["progress"])
-            progress.skip_to(state["step"])
-            started = time.perf_counter()
-            model.train()
-            for images, labels in loaders["train"].batches(epoch, start=state["step"]):
-                optimizer.lr = schedule(epoch + state["step"] / steps_per_epoch)
-                logits = model(images)
-                loss = F.cross_entropy(logits, labels)
-                loss_value = loss.item()
-                if not math.isfinite(loss_value):
-                    progress.close()
-                    raise FloatingPointError(
-                        f"the loss became {loss_value} at epoch {epoch + 1}, step {state['step'] + 1}; "
-                        f"{os.path.join(out, 'last.npz')} keeps the last good state (lower --lr?)"
-                    )
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                batch = len(labels)
-                loss_sum, seen = loss_sum + loss_value * batch, seen + batch
-                correct += int((logits.data.argmax(axis=1) == labels).sum())
-                state["step"] += 1
-                steps_done += 1
-                elapsed = seconds + time.perf_counter() - started
-                progress.update(loss=loss_sum / seen, acc=100 * correct / seen, img_s=seen / elapsed)
-                if stop.requested or steps_done == stop_after_steps:
-                    progress.close()
-                    state["partial"] = [loss_sum, correct, seen, elapsed]
-                    save("last.npz")
-                    print(f"stopped at epoch {epoch + 1}, step {state['step']}: saved {out}/last.npz; "
-                          f"continue with: python -m tinyse.train --resume {out}")
-                    return {"stopped": True, "metrics": metrics}
-            progress.close()
-            seconds += time.perf_counter() - started
-            metrics = {"epoch": epoch + 1, "lr": optimizer.lr, "train_loss": loss_sum / seen,
-                       "train_acc": correct / seen, "seconds": seconds, "images_per_s": seen / seconds}
-            if "val" in loaders:
-                metrics["val_loss"], metrics["val_acc"] = evaluate(model, loaders["val"])
-            metrics["test_loss"], metrics["test_acc"] = evaluate(model, loaders["test"])
-            state.update(epoch=epoch + 1, step=0, partial=[0.0, 0, 0, 0.0])
-            with open(os.path.join(out, "metrics.jsonl"), "a") as f:
-                f.write(json.dumps(metrics) + "\n")
-            save("last.npz")
-            if "val_acc" in metrics and (state["best_val_acc"] is None or metrics["val_acc"] > state["best_val_acc"]):
-                state["best_val_acc"] = metrics["val_acc"]
-                save("best.npz")
-            print(epoch_line(metrics))
-            plot_curves(out)
+    with StopRequest(after_steps=stop_after_steps) as stop:
+        while state.epoch < config["epochs"]:
+            progress = Progress(len(loaders["train"]), f"epoch {state.epoch + 1}/{config['epochs']}",
+                                enabled=config["progress"])
+            progress.skip_to(state.step)
+            try:
+                finished = train_epoch(model, optimizer, schedule, loaders["train"], state, stop, progress)
+            except FloatingPointError as error:
+                raise FloatingPointError(f"{error}; {last} keeps the last good state (lower --lr?)") from None
+            if not finished:
+                save("last.npz")
+                print(f"stopped at epoch {state.epoch + 1}, step {state.step}: saved {last}; "
+                      f"continue with: python -m tinyse.train --resume {out}")
+                return {"stopped": True, "metrics": metrics}
+            metrics = finish_epoch(model, optimizer, loaders, state, out, save)
     return {"stopped": False, "metrics": metrics}
+
+
+def finish_epoch(model, optimizer, loaders, state, out, save):
+    """After an epoch's last step: evaluate, append to metrics.jsonl, save last.npz (and best.npz), plot.
+
+    Returns the epoch's metrics; ``state`` moves on to the next epoch.
+    """
+    totals = state.epoch_totals
+    metrics = {"epoch": state.epoch + 1, "lr": optimizer.lr, "train_loss": totals.loss_sum / totals.seen,
+               "train_acc": totals.correct / totals.seen, "seconds": totals.seconds,
+               "images_per_s": totals.seen / totals.seconds}
+    if "val" in loaders:
+        metrics["val_loss"], metrics["val_acc"] = evaluate(model, loaders["val"])
+    metrics["test_loss"], metrics["test_acc"] = evaluate(model, loaders["test"])
+    state.epoch, state.step, state.epoch_totals = state.epoch + 1, 0, EpochTotals()
+    with open(os.path.join(out, "metrics.jsonl"), "a") as f:
+        f.write(json.dumps(metrics) + "\n")
+    save("last.npz")
+    if "val_acc" in metrics and (state.best_val_acc is None or metrics["val_acc"] > state.best_val_acc):
+        state.best_val_acc = metrics["val_acc"]
+        save("best.npz")
+    print(epoch_line(metrics))
+    plot_curves(out)
+    return metrics
 
 
 def epoch_line(m):
@@ -290,6 +372,7 @@ def config_from_args(args):
 
 
 def main(argv=None):
+    keep_freed_memory()  # a process-wide malloc setting, so the tool asks for it (tinyse/memory.py)
     args = parse_args(argv)
     try:
         module_for_device(args.device)  # a clear error now if the GPU is missing

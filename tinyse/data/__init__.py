@@ -1,4 +1,5 @@
-"""CIFAR-10 / CIFAR-100 data: loading (``cifar``), augmentation (``augment``), batching (``loader``).
+"""CIFAR-10 / CIFAR-100 data: the format and loading (``cifar``), fetching and checking archives (``download``),
+augmentation (``augment``), batching (``loader``).
 
     data = load_cifar("cifar10")                   # finds, or downloads and verifies, the official archive
     train = BatchLoader(data.train_images, data.train_labels, 128, data.mean, data.std,
@@ -16,9 +17,9 @@ from tinyse.data.cifar import (
     DataNotFoundError,
     channel_stats,
     data_dir,
-    download_url,
     load_cifar,
 )
+from tinyse.data.download import download_url
 from tinyse.data.loader import BatchLoader, random_stream, split_validation
 
 __all__ = [

@@ -1,4 +1,14 @@
-"""CIFAR-10 and CIFAR-100 from the official python archives: find, fetch, verify, unpack, parse.
+"""CIFAR-10 and CIFAR-100 from the official python archives: the file format, and where to find it.
+
+File format (both datasets): each file is a pickle of a dict; ``data`` is a uint8
+array (N, 3072) whose row holds one image as its R, G and B planes of 32x32 pixels,
+row by row, so ``data.reshape(N, 3, 32, 32)`` is already NCHW. The labels are a list
+of N integers under ``labels`` (CIFAR-10) or ``fine_labels`` (CIFAR-100), and a meta
+file names the classes. The files are:
+
+    CIFAR-10    cifar-10-batches-py/data_batch_1 ... data_batch_5 (10,000 images each), test_batch (10,000),
+                batches.meta (label_names)
+    CIFAR-100   cifar-100-python/train (50,000), test (10,000), meta (fine_label_names)
 
 ``load_cifar(name, root)`` looks in ``root`` (``data_dir``: the argument, else
 $TINYSE_DATA, else ~/.cache/tinyse/data) and takes the first that applies:
@@ -9,36 +19,30 @@ $TINYSE_DATA, else ~/.cache/tinyse/data) and takes the first that applies:
     3. the official URL (``download=True``)             -> fetch, check its MD5, keep it as the archive, then 2
     4. otherwise a ``DataNotFoundError`` that says which file to put where
 
-Nothing half-written ever sits under a final name: a download goes to a temporary
-file and an archive is unpacked into a temporary folder, both inside ``root``, and
-each is renamed into place only once complete and verified (a rename within one
-folder is atomic). On any error the temporary file or folder is removed.
-
-File format (both datasets): each file is a pickle of a dict; ``data`` is a uint8
-array (N, 3072) whose row holds one image as its R, G and B planes of 32x32 pixels,
-row by row, so ``data.reshape(N, 3, 32, 32)`` is already NCHW.
+Fetching, checking and unpacking live in ``tinyse/data/download.py``: nothing
+half-written ever sits under a final name.
 """
-import gzip
-import hashlib
-import http.client
 import io
 import os
 import pickle
-import shutil
-import sys
-import tarfile
-import tempfile
-import urllib.error
-import urllib.request
-import zlib
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 
+from tinyse.data.download import (
+    DataError,
+    DataNotFoundError,
+    DownloadFailed,
+    check_md5,
+    check_sha256,
+    extract_members,
+    fetch_archive,
+    read_sha256sums,
+)
+
 ENV_VAR = "TINYSE_DATA"
 IMAGE_SHAPE = (3, 32, 32)
-CHECKSUM_FILE = "SHA256SUMS"
 
 DATASETS = {
     "cifar10": {
@@ -68,14 +72,6 @@ DATASETS = {
         "num_classes": 100,
     },
 }
-
-
-class DataError(Exception):
-    """The data is there but unusable: a checksum mismatch, a corrupt archive, a malformed file."""
-
-
-class DataNotFoundError(DataError, FileNotFoundError):
-    """The data (or one file of it) is not where it should be; the message says what to put where."""
 
 
 @dataclass(repr=False)
@@ -128,209 +124,17 @@ def load_cifar(name="cifar10", root=None, download=True, progress=True):
     return _parse_folder(name, spec, folder)
 
 
-# --- where the data is ---------------------------------------------------------------------------
-
-
-def _find_or_fetch_folder(spec, root, download, progress):
-    """The extracted folder, after unpacking or downloading the archive where needed (steps 1-4)."""
-    if root.name == spec["folder"] and root.is_dir():  # root is the extracted folder itself
-        return root
-    folder, archive = root / spec["folder"], root / spec["archive"]
-    if folder.is_dir():
-        return folder
-    provided = archive.is_file()
-    if provided:
-        _check_md5(archive, spec)
-    elif not download:
-        raise DataNotFoundError(_not_found_message(spec, root, "and download=False"))
-    try:
-        if not provided:
-            root.mkdir(parents=True, exist_ok=True)
-            archive = _download(spec, root, progress)
-        return _extract(spec, archive, root, progress)
-    except PermissionError as error:
-        raise DataError(f"cannot write the data into {root}: {error}") from error
-
-
-def _not_found_message(spec, root, reason):
-    return (
-        f"{spec['title']} was not found in {root} ({reason}). Put either the archive "
-        f"{spec['archive']} (from {spec['url']}) or the folder {spec['folder']}/ it unpacks to in {root}, "
-        f"or point tinyse at the folder that holds one of them with the {ENV_VAR} environment variable "
-        f"or the --data-dir option (load_cifar(root=...) in Python)."
-    )
-
-
-# --- download ------------------------------------------------------------------------------------
-
-
-def download_url(url, destination, progress=True, chunk_size=1 << 20):
-    """Copy ``url`` into the file ``destination``; return the MD5 (hex) of the bytes written.
-
-    Shows a one-line progress bar on stderr when ``progress``. Network failures raise what
-    ``urllib.request.urlopen`` raises: ``urllib.error.URLError``, ``http.client.HTTPException``, ``OSError``.
-    """
-    md5 = hashlib.md5(usedforsecurity=False)  # an integrity check, not security: fine on FIPS systems
-    name = url.rsplit("/", 1)[-1]
-    shown = None
-    try:
-        with urllib.request.urlopen(url, timeout=60) as response, open(destination, "wb") as out:
-            total = int(response.headers.get("Content-Length") or 0)
-            done = 0
-            while chunk := response.read(chunk_size):
-                out.write(chunk)
-                md5.update(chunk)
-                done += len(chunk)
-                if progress:
-                    shown = _show_progress(name, done, total, shown)
-    finally:
-        if shown is not None:
-            sys.stderr.write("\n")  # end the progress line, also before an error message
-    return md5.hexdigest()
-
-
-def _show_progress(name, done, total, shown):
-    """Rewrite the progress line when the whole percent (or, size unknown, the whole MB) changes."""
-    now = done * 100 // total if total else done >> 20
-    if now != shown:
-        if total:
-            sys.stderr.write(f"\rdownloading {name}: {now:3d}% of {total / 2**20:.1f} MB")
-        else:
-            sys.stderr.write(f"\rdownloading {name}: {now} MB")
-        sys.stderr.flush()
-    return now
-
-
-def _download(spec, root, progress):
-    """Fetch the official archive into root (a temporary name until its MD5 checks out); return its path."""
-    archive = root / spec["archive"]
-    handle, partial = tempfile.mkstemp(prefix=f".{spec['archive']}.", suffix=".part", dir=root)
-    os.close(handle)
-    partial = Path(partial)
-    try:
-        try:
-            md5 = download_url(spec["url"], partial, progress)
-        except (OSError, http.client.HTTPException) as error:  # URLError, timeouts, refused connections
-            reason = getattr(error, "reason", error)
-            raise DataNotFoundError(
-                _not_found_message(spec, root, f"and downloading {spec['url']} failed: {reason}")
-            ) from error
-        if md5 != spec["md5"]:
-            raise DataError(
-                f"the download of {spec['url']} has MD5 {md5}, expected {spec['md5']}: it was damaged "
-                f"on the way and has been deleted; try again"
-            )
-        os.replace(partial, archive)
-    finally:
-        partial.unlink(missing_ok=True)  # gone already after the rename; removes a partial or bad download
-    return archive
-
-
-def file_md5(path, chunk_size=1 << 20):
-    """MD5 (hex) of a file, read in chunks."""
-    md5 = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_size):
-            md5.update(chunk)
-    return md5.hexdigest()
-
-
-def _check_md5(archive, spec):
-    """A user-provided archive with the wrong MD5 is an error; the file is left for the user to inspect."""
-    md5 = file_md5(archive)
-    if md5 != spec["md5"]:
-        raise DataError(
-            f"{archive} is corrupt or not the official {spec['title']} archive: its MD5 is {md5}, expected "
-            f"{spec['md5']}. Delete it and download it again from {spec['url']} (or let tinyse download it)."
-        )
-
-
-# --- unpacking -----------------------------------------------------------------------------------
-
-
-def _member_files(spec):
-    """The archive members ``load_cifar`` needs: folder/name for every data and meta file."""
-    names = spec["train_files"] + spec["test_files"] + (spec["meta_file"],)
-    return {f"{spec['folder']}/{name}": name for name in names}
-
-
-def _extract(spec, archive, root, progress):
-    """Unpack the needed members of ``archive`` into root/<folder> (via a temporary folder); return it.
-
-    Only the expected member names are written, each by copying its bytes to a
-    file we name, so no member can write outside the folder (tarfile's own
-    ``extractall`` would follow the names and links inside the archive).
-    """
-    wanted = _member_files(spec)
-    folder = root / spec["folder"]
-    if progress:
-        print(f"unpacking {archive} into {folder}", file=sys.stderr)
-    staging = Path(tempfile.mkdtemp(prefix=f".{spec['folder']}.", suffix=".partial", dir=root))
-    try:
-        found = set()
-        with tarfile.open(archive, "r:gz") as tar:
-            for member in tar:
-                member_name = _safe_member_name(member.name, archive)
-                if member_name not in wanted:
-                    continue  # e.g. the readme.html of the official archive
-                if not member.isfile():
-                    raise DataError(f"{archive}: member {member.name} is not a regular file")
-                with tar.extractfile(member) as source, open(staging / wanted[member_name], "wb") as out:
-                    shutil.copyfileobj(source, out, 1 << 20)
-                found.add(member_name)
-        missing = sorted(set(wanted) - found)
-        if missing:
-            raise DataError(
-                f"{archive} lacks {', '.join(missing)}: it is truncated or not the {spec['title']} archive; "
-                f"delete it and download it again from {spec['url']}"
-            )
-        try:
-            os.rename(staging, folder)
-        except OSError:
-            if not folder.is_dir():  # else another process unpacked it meanwhile: use theirs
-                raise
-    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as error:
-        raise DataError(
-            f"{archive} is truncated or corrupt ({error}); delete it and download it again from {spec['url']}"
-        ) from error
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)  # gone already after the rename
-    return folder
-
-
-def _safe_member_name(name, archive):
-    """The member's path without a leading './'; an absolute path or a '..' is an error."""
-    path = PurePosixPath(name)
-    if path.is_absolute() or ".." in path.parts or "\\" in name:
-        raise DataError(f"{archive} holds an unsafe member path {name!r}: not an official archive, refusing it")
-    return str(path)  # PurePosixPath drops './' and repeated slashes
-
-
-# --- parsing -------------------------------------------------------------------------------------
+# --- reading the files ---------------------------------------------------------------------------
 
 
 def _parse_folder(name, spec, folder):
     """Read every file of the extracted folder into a ``Cifar`` (checked against SHA256SUMS if present)."""
-    expected = _expected_sha256(folder)
+    expected = read_sha256sums(folder)
     train_images, train_labels = _read_split(spec, folder, spec["train_files"], expected)
     test_images, test_labels = _read_split(spec, folder, spec["test_files"], expected)
     classes = _read_classes(spec, folder, expected)
     mean, std = channel_stats(train_images)
     return Cifar(train_images, train_labels, test_images, test_labels, classes, name, mean, std)
-
-
-def _expected_sha256(folder):
-    """{file name: (sha256, sums file)} for the files of ``folder`` listed in a SHA256SUMS file beside it."""
-    sums = folder.parent / CHECKSUM_FILE
-    if not sums.is_file():
-        return {}
-    expected = {}
-    for line in sums.read_text().splitlines():
-        digest, _, listed = line.strip().partition(" ")
-        listed = PurePosixPath(listed.strip().lstrip("*"))  # "HASH  path" or, binary mode, "HASH *path"
-        if len(listed.parts) == 2 and listed.parts[0] == folder.name:
-            expected[listed.parts[1]] = (digest.lower(), sums)
-    return expected
 
 
 def _read_split(spec, folder, files, expected):
@@ -380,11 +184,7 @@ def _read_pickle(path, expected):
             f"{path} is missing: the folder {path.parent} is incomplete; put the file back, or delete the folder "
             f"and put the archive beside it to unpack it again"
         ) from None
-    if path.name in expected:
-        digest, sums = expected[path.name]
-        actual = hashlib.sha256(raw).hexdigest()
-        if actual != digest:
-            raise DataError(f"{path} is damaged: its SHA-256 is {actual}, but {sums} lists {digest}")
+    check_sha256(path, raw, expected)
     try:
         # latin1 reads the Python 2 strings of the official files byte for byte (numpy's array bytes included).
         return _ArrayUnpickler(io.BytesIO(raw), encoding="latin1").load()
@@ -442,3 +242,46 @@ def channel_stats(images, chunk=1000):
     mean = total / count
     variance = np.maximum(total_sq / count - mean**2, 0.0)
     return (mean / 255).astype(np.float32), (np.sqrt(variance) / 255).astype(np.float32)
+
+
+# --- where the data is ---------------------------------------------------------------------------
+
+
+def _find_or_fetch_folder(spec, root, download, progress):
+    """The extracted folder, after unpacking or downloading the archive where needed (steps 1-4)."""
+    if root.name == spec["folder"] and root.is_dir():  # root is the extracted folder itself
+        return root
+    folder, archive = root / spec["folder"], root / spec["archive"]
+    if folder.is_dir():
+        return folder
+    provided = archive.is_file()
+    if provided:
+        check_md5(archive, spec["md5"], spec["title"], spec["url"])
+    elif not download:
+        raise DataNotFoundError(_not_found_message(spec, root, "and download=False"))
+    try:
+        if not provided:
+            root.mkdir(parents=True, exist_ok=True)
+            try:
+                fetch_archive(spec["url"], spec["md5"], archive, progress)
+            except DownloadFailed as error:
+                raise DataNotFoundError(_not_found_message(spec, root, f"and {error}")) from error
+        members = _member_files(spec)
+        return extract_members(archive, members, folder, title=spec["title"], url=spec["url"], progress=progress)
+    except PermissionError as error:
+        raise DataError(f"cannot write the data into {root}: {error}") from error
+
+
+def _not_found_message(spec, root, reason):
+    return (
+        f"{spec['title']} was not found in {root} ({reason}). Put either the archive "
+        f"{spec['archive']} (from {spec['url']}) or the folder {spec['folder']}/ it unpacks to in {root}, "
+        f"or point tinyse at the folder that holds one of them with the {ENV_VAR} environment variable "
+        f"or the --data-dir option (load_cifar(root=...) in Python)."
+    )
+
+
+def _member_files(spec):
+    """The archive members ``load_cifar`` needs: {folder/name: name} for every data and meta file."""
+    names = spec["train_files"] + spec["test_files"] + (spec["meta_file"],)
+    return {f"{spec['folder']}/{name}": name for name in names}

@@ -160,7 +160,7 @@ def _prefetched(items):
                     break
             else:
                 put(_DONE)
-        except BaseException as error:  # noqa: BLE001 - anything, even KeyboardInterrupt, goes to the consumer
+        except BaseException as error:
             put(_Failure(error))
         finally:
             items.close()

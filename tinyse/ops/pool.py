@@ -105,7 +105,9 @@ class GlobalAvgPool2d(Function):
     def forward(self, x):
         _check_4d(type(self).__name__, x)
         n, c, h, w = self.x_shape = x.shape
-        # the einsum sums each (n, c) row in one pass, about 3x faster than x.mean(axis=(2, 3)) (measured)
+        # The einsum sums each (n, c) row in one pass. Timed once against x.mean(axis=(2, 3)) (no bench row
+        # compares the two): 1.4x, 1.7x and 3.2x faster at the three ResNet-20 stage shapes, batch 128, float32
+        # (NumPy 2.4.6, 2-core Xeon, 2026-12-02).
         return get_array_module(x).einsum("nci->nc", x.reshape(n, c, h * w)) / (h * w)
 
     def backward(self, grad_out):
