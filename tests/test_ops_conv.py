@@ -193,34 +193,30 @@ def torch_conv2d(x, weight, bias, grad_out, **conv_args):
     return torch_run(lambda *t: torch.nn.functional.conv2d(*t, **conv_args), [x, weight, bias], grad_out)
 
 
+PLAIN_VERSIONS = {  # name: (forward, backward) on raw arrays, whole batch at once
+    "naive loop": (conv2d_naive, conv2d_naive_backward),  # one small product per output pixel and group
+    "im2col": (conv2d_im2col, conv2d_im2col_backward),  # y = W @ cols, dL/dW = dL/dy @ cols^T, col2im(W^T dL/dy)
+}
+
+
+@pytest.mark.parametrize("version", PLAIN_VERSIONS)
 @settings(max_examples=60)
 @given(case=conv_cases())
-def test_conv2d_naive_forward_and_backward_equal_the_fast_op(case):
-    """conv2d_naive and conv2d_naive_backward (loops over output pixels) == the Conv2d op: y, dL/dx, dL/dW, dL/db.
+def test_plain_versions_forward_and_backward_equal_the_fast_op_and_torch(version, case):
+    """conv2d_naive / conv2d_naive_backward and conv2d_im2col / conv2d_im2col_backward == the Conv2d op (in chunks,
+    shifted rows at stride 1) == torch: y, dL/dx, dL/dW, dL/db.
 
     The cases (strides 1-3, padding 0-2, dense, grouped, depthwise, KH != KW) meet every fast algorithm:
-    shifted rows and im2col, the flipped-kernel and the col2im input gradient. Both also equal torch.
+    shifted rows and im2col, the flipped-kernel and the col2im input gradient.
     """
+    forward, backward = PLAIN_VERSIONS[version]
     x, weight, bias = conv_arrays(case)
     conv_args = case_args(case)
-    naive_y = conv2d_naive(x, weight, bias, **conv_args)
-    grad_out = np.random.default_rng([case["seed"], 1]).standard_normal(naive_y.shape)
-    naive = (naive_y, *conv2d_naive_backward(x, weight, grad_out, **conv_args))
-    assert_all_close(fast_conv2d(x, weight, bias, grad_out, **conv_args), naive)
-    assert_all_close(naive, torch_conv2d(x, weight, bias, grad_out, **conv_args))
-
-
-@settings(max_examples=60)
-@given(case=conv_cases())
-def test_conv2d_im2col_forward_and_backward_equal_the_fast_op(case):
-    """conv2d_im2col and conv2d_im2col_backward (y = W @ cols, dL/dW = dL/dy @ cols^T, dL/dx = col2im(W^T dL/dy),
-    on the whole batch) == the Conv2d op (in chunks, shifted rows at stride 1): y, dL/dx, dL/dW, dL/db."""
-    x, weight, bias = conv_arrays(case)
-    conv_args = case_args(case)
-    plain_y = conv2d_im2col(x, weight, bias, **conv_args)
-    grad_out = np.random.default_rng([case["seed"], 1]).standard_normal(plain_y.shape)
-    plain = (plain_y, *conv2d_im2col_backward(x, weight, grad_out, **conv_args))
+    y = forward(x, weight, bias, **conv_args)
+    grad_out = np.random.default_rng([case["seed"], 1]).standard_normal(y.shape)
+    plain = (y, *backward(x, weight, grad_out, **conv_args))
     assert_all_close(fast_conv2d(x, weight, bias, grad_out, **conv_args), plain)
+    assert_all_close(plain, torch_conv2d(x, weight, bias, grad_out, **conv_args))
 
 
 def test_conv2d_naive_backward_on_a_small_case_by_hand():

@@ -16,17 +16,15 @@ Written to ``--out`` (default: the checkpoint's folder):
     specificity.png   specificity against block depth, every SE block
     excitations.npz   the numbers behind both (float32; see ``save_results``)
 """
-import argparse
 import os
-import sys
 import time
 
 import numpy as np
 
-from tinyse.backend import device_of, module_for_device, to_device
+from tinyse.backend import device_of, to_device
 from tinyse.checkpoint import atomic_write
-from tinyse.data import DATASETS, DataError, load_cifar, normalize
-from tinyse.evaluate import load_trained_model
+from tinyse.data import DATASETS, load_cifar, normalize
+from tinyse.evaluate import checkpoint_parser, load_trained_model, run_on_device
 from tinyse.memory import keep_freed_memory
 from tinyse.nn import SEBlock
 from tinyse.progress import Progress
@@ -356,21 +354,14 @@ def analyze_checkpoint(path, out=None, per_class=50, all_blocks=False, data_dir=
 
 def main(argv=None):
     keep_freed_memory()  # a process-wide malloc setting, so the tool asks for it (tinyse/memory.py)
-    parser = argparse.ArgumentParser(prog="python -m tinyse.analyze", description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoint", help="a best.npz / last.npz of python -m tinyse.train, or its run folder")
+    parser = checkpoint_parser("python -m tinyse.analyze", __doc__.split("\n\n")[0],
+                               "a best.npz / last.npz of python -m tinyse.train, or its run folder")
     parser.add_argument("--per-class", type=int, default=50, help="test images per class (default 50, as the paper)")
     parser.add_argument("--all-blocks", action="store_true", help="a panel for every SE block, not one per stage")
     parser.add_argument("--out", help="folder for the figures and numbers (default: the checkpoint's folder)")
-    parser.add_argument("--data-dir", help="where CIFAR is (default: the run's setting, $TINYSE_DATA, or the cache)")
-    parser.add_argument("--device", default="cpu", choices=("cpu", "gpu"))
-    parser.add_argument("--batch-size", type=int, default=256)
     args = parser.parse_args(argv)
-    try:
-        module_for_device(args.device)
-        return analyze_checkpoint(args.checkpoint, args.out, args.per_class, args.all_blocks, args.data_dir,
-                                  args.device, args.batch_size)
-    except (DataError, FileNotFoundError, RuntimeError, ValueError) as error:
-        sys.exit(f"error: {error}")
+    return run_on_device(args.device, lambda: analyze_checkpoint(
+        args.checkpoint, args.out, args.per_class, args.all_blocks, args.data_dir, args.device, args.batch_size))
 
 
 if __name__ == "__main__":

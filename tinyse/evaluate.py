@@ -64,19 +64,33 @@ def evaluate_checkpoint(path, data_dir=None, device="cpu", batch_size=256):
     return report
 
 
-def main(argv=None):
-    keep_freed_memory()  # a process-wide malloc setting, so the tool asks for it (tinyse/memory.py)
-    parser = argparse.ArgumentParser(prog="python -m tinyse.evaluate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoint", help="a last.npz or best.npz written by python -m tinyse.train")
+def checkpoint_parser(prog, description, checkpoint_help):
+    """The options every tool that reads a trained checkpoint shares: the checkpoint, --data-dir, --device,
+    --batch-size (evaluate, analyze)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("checkpoint", help=checkpoint_help)
     parser.add_argument("--data-dir", help="where CIFAR is (default: the run's setting, $TINYSE_DATA, or the cache)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "gpu"))
     parser.add_argument("--batch-size", type=int, default=256)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def run_on_device(device, work):
+    """``work()`` once ``device`` is known to be usable; a missing file, dataset or GPU exits with its message."""
     try:
-        module_for_device(args.device)
-        return evaluate_checkpoint(args.checkpoint, args.data_dir, args.device, args.batch_size)
+        module_for_device(device)
+        return work()
     except (DataError, FileNotFoundError, RuntimeError, ValueError) as error:
         sys.exit(f"error: {error}")
+
+
+def main(argv=None):
+    keep_freed_memory()  # a process-wide malloc setting, so the tool asks for it (tinyse/memory.py)
+    parser = checkpoint_parser("python -m tinyse.evaluate", __doc__.split("\n\n")[0],
+                               "a last.npz or best.npz written by python -m tinyse.train")
+    args = parser.parse_args(argv)
+    return run_on_device(args.device,
+                         lambda: evaluate_checkpoint(args.checkpoint, args.data_dir, args.device, args.batch_size))
 
 
 if __name__ == "__main__":

@@ -408,8 +408,7 @@ def conv_weight_grad_shifted_rows(x, grad_out, weight_shape, padding, groups):
     Per group, summed over the images of a chunk, then over chunks: the input as kernel offset (i, j)
     met it, against the gradient of the outputs it made. dL/dy gets zeros at the RW - OW junk entries
     of each row, so they add nothing.
-    Inputs: x (N, C, H, W), grad_out dL/dy (N, O, OH, OW), weight_shape (O, C/G, KH, KW).
-    Returns: dL/dW (O, C/G, KH, KW).
+    Arguments and result as ``conv_weight_grad``.
     """
     xp = get_array_module(x, grad_out)
     n, o, oh, ow = grad_out.shape
@@ -440,8 +439,7 @@ def conv_weight_grad_im2col(x, grad_out, weight_shape, stride, padding, groups):
     """Any stride, and on the GPU: dL/dW = (cols (K, OH*OW) @ dL/dy^T (OH*OW, Og))^T.
 
     Per group, summed over the images of a chunk, then over chunks.
-    Inputs: x (N, C, H, W), grad_out dL/dy (N, O, OH, OW), weight_shape (O, C/G, KH, KW).
-    Returns: dL/dW (O, C/G, KH, KW).
+    Arguments and result as ``conv_weight_grad``.
     """
     xp = get_array_module(x, grad_out)
     n, o, oh, ow = grad_out.shape
@@ -460,7 +458,11 @@ def conv_weight_grad_im2col(x, grad_out, weight_shape, stride, padding, groups):
 
 
 def conv_weight_grad(x, grad_out, weight_shape, stride, padding, groups):
-    """dL/dW (O, C/G, KH, KW) from x (N, C, H, W) and dL/dy (N, O, OH, OW): shifted rows or im2col."""
+    """dL/dW, by shifted rows or im2col (``uses_shifted_rows``).
+
+    Inputs: x (N, C, H, W), grad_out dL/dy (N, O, OH, OW), weight_shape (O, C/G, KH, KW).
+    Returns: dL/dW (O, C/G, KH, KW), summed over the batch.
+    """
     if uses_shifted_rows(get_array_module(x, grad_out), stride):
         return conv_weight_grad_shifted_rows(x, grad_out, weight_shape, padding, groups)
     return conv_weight_grad_im2col(x, grad_out, weight_shape, stride, padding, groups)
