@@ -3,12 +3,21 @@
 Tolerances (relative error = max|a - b| / max|b|):
     float64: 1e-10 against PyTorch, 1e-6 against finite differences
     float32: 1e-4 against PyTorch
-GPU tests are parametrised with ``device`` and skip cleanly without CuPy or CUDA.
+GPU tests are parametrised with ``device`` and skip cleanly without CuPy or CUDA. With TINYSE_EMULATE_GPU=1 they
+run on the emulated CuPy (tinyse/testing/emulated_cupy), on the CPU:
+    TINYSE_EMULATE_GPU=1 python -m pytest -m gpu
 """
 import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, assume, currently_in_test_context, settings
+
+from tinyse.testing import emulated_cupy
+
+# The emulated GPU must stand in for cupy before tinyse.backend is used (install() re-imports tinyse), so this
+# comes before the imports from tinyse below. Its kernels need a C++ compiler; without one the GPU tests skip.
+if emulated_cupy.requested() and emulated_cupy.compiler_available():
+    emulated_cupy.install()
 
 from tinyse.backend import device_of, gpu_available, to_device
 from tinyse.tensor import Tensor
@@ -33,7 +42,11 @@ torch.set_num_threads(1)
 TORCH_TOLERANCE = {np.float64: 1e-10, np.float32: 1e-4}
 GRADCHECK_TOLERANCE = 1e-6
 
-requires_gpu = pytest.mark.skipif(not gpu_available(), reason="needs CuPy and a CUDA device")
+if emulated_cupy.requested() and not emulated_cupy.compiler_available():
+    GPU_SKIP_REASON = "TINYSE_EMULATE_GPU=1 asks for the emulated GPU, whose kernels need a C++ compiler: none found"
+else:
+    GPU_SKIP_REASON = "needs CuPy and a CUDA device (or TINYSE_EMULATE_GPU=1: the emulated one)"
+requires_gpu = pytest.mark.skipif(not gpu_available(), reason=GPU_SKIP_REASON)
 DEVICES = ["cpu", pytest.param("gpu", marks=[requires_gpu, pytest.mark.gpu])]
 DTYPES = [np.float64, np.float32]
 
