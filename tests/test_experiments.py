@@ -5,6 +5,7 @@ and 20 test images) and a one-step budget; the statistics are checked on run
 folders written by hand, with accuracies chosen to make the reading go each way.
 """
 import json
+import math
 import os
 from pathlib import Path
 
@@ -14,7 +15,9 @@ from test_data import make_cifar10_folder
 
 from tinyse import experiments, models
 from tinyse import train as train_module
+from tinyse.evaluate import evaluate_checkpoint
 from tinyse.nn import SEBlock
+from tinyse.parallel import workers
 
 TINY = {"epochs": 1, "train_subset": 32, "test_subset": 20, "batch_size": 32}
 
@@ -25,10 +28,10 @@ def fake_cifar10(tmp_path):
     return tmp_path
 
 
-def run_compare(root, seeds=(0, 1), train=None, **recipe):
+def run_compare(root, seeds=(0, 1), train=None, jobs=1, out="exp", **recipe):
     return experiments.run_experiment(
-        "compare", "resnet20", experiments.compare_variants("resnet20"), seeds, str(root / "exp"),
-        dict(TINY, **recipe), data_dir=str(root / "data"), progress=False, train=train,
+        "compare", "resnet20", experiments.compare_variants("resnet20"), seeds, str(root / out),
+        dict(TINY, **recipe), data_dir=str(root / "data"), progress=False, train=train, jobs=jobs,
     )
 
 
@@ -215,3 +218,163 @@ def test_bad_input_on_the_command_line_is_a_clear_error(tmp_path, capsys):
             experiments.run_experiment("compare", "resnet20", experiments.compare_variants("resnet20"), seeds,
                                        str(tmp_path / "y"), TINY)
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+# --- the 95% t-interval -------------------------------------------------------------------------------
+def student_t_cdf(t, df, steps=200001):
+    """P(T <= t) for Student's t with ``df`` degrees of freedom: 1/2 plus the density integrated from 0 to t
+    (Simpson's rule), the density written out from its definition."""
+    x = np.linspace(0.0, t, steps)
+    log_scale = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+    density = np.exp(log_scale - (df + 1) / 2 * np.log1p(x**2 / df))
+    h = x[1] - x[0]
+    return 0.5 + h / 3 * (density[0] + density[-1] + 4 * density[1:-1:2].sum() + 2 * density[2:-1:2].sum())
+
+
+@pytest.mark.parametrize("df", [1, 2, 3, 4, 5, 9, 19, 30, 31, 60, 200])
+def test_the_t_quantile_leaves_2_5_percent_above_it(df):
+    assert student_t_cdf(experiments.t_975(df), df) == pytest.approx(0.975, abs=2e-5)
+
+
+def test_a_paired_difference_carries_its_95_percent_t_interval(tmp_path):
+    plain, se = [0.600, 0.605, 0.610], [0.640, 0.643, 0.652]
+    fake_experiment(tmp_path / "exp", plain, se)
+    diff = experiments.summarize(str(tmp_path / "exp"))["differences"][0]
+    d = 100 * (np.array(se) - np.array(plain))
+    half = 4.303 * d.std(ddof=1) / math.sqrt(3)  # t(0.975, 2 degrees of freedom)
+    assert diff["ci95"] == pytest.approx([d.mean() - half, d.mean() + half])
+    markdown = (tmp_path / "exp" / "results.md").read_text()
+    assert "95% t-interval" in markdown and f"| {diff['ci95'][0]:+.2f} to {diff['ci95'][1]:+.2f} |" in markdown
+    fake_experiment(tmp_path / "one", [0.6], [0.64])
+    assert experiments.summarize(str(tmp_path / "one"))["differences"][0]["ci95"] is None
+
+
+def test_the_time_ratio_is_tinyse_over_pytorch_training_seconds():
+    runs = [{"seed": 0, "library": "tinyse", "train_seconds": 300.0}, {"seed": 0, "library": "torch",
+                                                                       "train_seconds": 100.0},
+            {"seed": 1, "library": "tinyse", "train_seconds": 500.0}, {"seed": 1, "library": "torch",
+                                                                       "train_seconds": 100.0}]
+    assert experiments.time_ratio(runs) == {"mean": 4.0, "per_seed": {0: 3.0, 1: 5.0}}
+    assert experiments.time_ratio(runs[::2]) is None  # one library only
+
+
+# --- the studies of the fast recipe ------------------------------------------------------------------
+STUDY_TINY = ["--epochs", "1", "--train-subset", "32", "--test-subset", "20", "--batch-size", "16", "--eval-every",
+              "1", "--no-progress"]
+
+
+def study(root, name, *extra, out="runs"):
+    return experiments.main([name, *STUDY_TINY, "--data-dir", str(root / "data"), "--out", str(root / out / name),
+                             *extra])
+
+
+def test_the_recipe_study_switches_each_ingredient_off_alone():
+    variants = experiments.recipe_variants("se_resnet20")
+    assert [v["label"] for v in variants] == ["fast", "no-onecycle", "no-nesterov", "no-label-smoothing",
+                                             "decay-norm-and-bias", "no-ema"]
+    budget = experiments.STUDIES["recipe"]["budget"]
+    fast = experiments.run_config("out", variants[0], 0, budget)
+    assert (fast["recipe"], fast["epochs"], fast["val_split"], fast["schedule"]) == ("fast", 5, 5000, "onecycle")
+    changed = {}
+    for v in variants[1:]:
+        config = experiments.run_config("out", v, 0, budget)
+        changed[v["label"]] = {k: config[k] for k in fast if config[k] != fast[k] and k != "out"}
+    assert changed == {"no-onecycle": {"schedule": "step", "warmup_epochs": 0.0},
+                       "no-nesterov": {"nesterov": False}, "no-label-smoothing": {"label_smoothing": 0.0},
+                       "decay-norm-and-bias": {"decay_norm_and_bias": True}, "no-ema": {"ema": 0.0}}
+
+
+def test_the_recipe_study_runs_records_and_compares_on_validation(fake_cifar10, capsys):
+    study(fake_cifar10, "recipe", "--seeds", "0", "--val-split", "20")
+    out = fake_cifar10 / "runs" / "recipe"
+    results = json.loads((out / "results.json").read_text())
+    assert results["metric"] == "val_acc" and results["baseline"] == "fast" and len(results["runs"]) == 6
+    assert [d["variant"] for d in results["differences"]] == [v["label"] for v in
+                                                              experiments.recipe_variants("se_resnet20")[1:]]
+    assert all(d["baseline"] == "fast" and d["ci95"] is None for d in results["differences"])  # one seed
+    assert results["stats"]["fast"]["accuracy"]["mean"] == pytest.approx(100 * results["runs"][0]["val_acc"])
+    assert "test_accuracy" in results["stats"]["fast"] and "flip_tta" in results["stats"]["fast"]
+    markdown = (out / "results.md").read_text()
+    assert "| variant | seeds | val acc % |" in markdown and "## Minus fast, paired by seed" in markdown
+    summary = json.loads((out / "fast" / "seed0" / "summary.json").read_text())
+    assert summary["study"] == "recipe" and summary["weights"] == {"file": "weights.npz", "of": "ema"}
+    assert summary["command"].startswith("python -m tinyse.train --model se_resnet20 --seed 0 --out ")
+    assert summary["final"]["test_acc"] == results["runs"][0]["test_acc"] and summary["threads"] >= 1
+    no_ema = json.loads((out / "no-ema" / "seed0" / "summary.json").read_text())
+    assert no_ema["weights"]["of"] == "raw"
+
+
+def committed_copy(source, destination):
+    """What a fresh clone of the repository holds of a study: the files git keeps."""
+    kept = ("experiment.json", "results.json", "results.md", "results.png", "config.json", "metrics.jsonl",
+            "summary.json", "weights.npz")
+    for path in Path(source).rglob("*"):
+        if path.is_file() and path.name in kept:
+            target = Path(destination) / path.relative_to(source)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(path.read_bytes())
+
+
+def test_committed_runs_are_done_on_a_fresh_clone_and_the_study_grows_from_them(fake_cifar10, monkeypatch):
+    study(fake_cifar10, "se-vs-plain", "--seeds", "0")
+    committed_copy(fake_cifar10 / "runs" / "se-vs-plain", fake_cifar10 / "clone" / "se-vs-plain")
+    clone = fake_cifar10 / "clone" / "se-vs-plain"
+    assert not list(clone.rglob("last.npz"))
+    weights = clone / "se_resnet20" / "seed0" / "weights.npz"
+    assert 0 < weights.stat().st_size < 2_000_000
+    trained = []
+    real_train = train_module.train
+
+    def recording_train(config, stop_after_steps=None):
+        trained.append(config["out"])
+        return real_train(config, stop_after_steps)
+
+    monkeypatch.setattr(train_module, "train", recording_train)
+    study(fake_cifar10, "se-vs-plain", "--seeds", "0", "1", out="clone")
+    assert sorted(Path(p).relative_to(clone).as_posix() for p in trained) == ["resnet20/seed1", "se_resnet20/seed1"]
+    results = json.loads((clone / "results.json").read_text())
+    assert [(r["variant"], r["seed"]) for r in results["runs"]] == [
+        ("resnet20", 0), ("resnet20", 1), ("se_resnet20", 0), ("se_resnet20", 1)]
+    diff = results["differences"][0]
+    assert (diff["variant"], diff["baseline"], diff["n"]) == ("se_resnet20", "resnet20", 2)
+    assert diff["ci95"][0] < diff["mean"] < diff["ci95"][1]
+    # a committed record is kept as committed, and its weights evaluate to the run's test accuracy
+    assert json.loads((clone / "resnet20" / "seed0" / "summary.json").read_text()) == json.loads(
+        (fake_cifar10 / "runs" / "se-vs-plain" / "resnet20" / "seed0" / "summary.json").read_text())
+    report = evaluate_checkpoint(weights)
+    assert report["top1"] == pytest.approx(results["runs"][2]["test_acc"])
+
+
+def test_the_torch_check_trains_both_libraries_and_reports_the_time_ratio(fake_cifar10):
+    study(fake_cifar10, "torch-check", "--seeds", "0", "--model", "resnet20")
+    out = fake_cifar10 / "runs" / "torch-check"
+    results = json.loads((out / "results.json").read_text())
+    assert [(r["variant"], r["library"]) for r in results["runs"]] == [("tinyse", "tinyse"), ("torch", "torch")]
+    assert results["time_ratio"]["per_seed"] == {"0": pytest.approx(
+        results["runs"][0]["train_seconds"] / results["runs"][1]["train_seconds"])}
+    assert "Training time, tinyse / PyTorch: " in (out / "results.md").read_text()
+    torch_summary = json.loads((out / "torch" / "seed0" / "summary.json").read_text())
+    assert torch_summary["command"].startswith("python -m tinyse.bench.train_torch ")
+    assert torch_summary["library"] == "torch" and torch_summary["machine"]["torch"]
+
+
+def test_two_runs_at_a_time_each_in_its_own_process_with_one_thread(fake_cifar10):
+    stopped, results = run_compare(fake_cifar10, seeds=[0], jobs=2)
+    assert not stopped and len(results["runs"]) == 2
+    for run in results["runs"]:
+        folder = Path(run["folder"])
+        assert (folder / "train.log").read_text().count("epoch   1") == 1
+        assert json.loads((folder / "config.json").read_text())["threads"] == max(1, workers() // 2)
+        assert (folder / "summary.json").exists() and (folder / "weights.npz").exists()
+    # the same runs trained one at a time, in this process, with as many threads: the same weights
+    os.environ["TINYSE_NUM_THREADS"], before = "1", os.environ.get("TINYSE_NUM_THREADS")
+    try:
+        serial = run_compare(fake_cifar10, seeds=[0], out="serial")[1]
+    finally:
+        os.environ.pop("TINYSE_NUM_THREADS") if before is None else os.environ.update(TINYSE_NUM_THREADS=before)
+    assert [r["test_acc"] for r in serial["runs"]] == [r["test_acc"] for r in results["runs"]]
+    if workers() == 2:
+        for run in serial["runs"]:
+            parallel = Path(run["folder"].replace("serial", "exp")) / "weights.npz"
+            with np.load(Path(run["folder"]) / "weights.npz") as a, np.load(parallel) as b:
+                assert all(np.array_equal(a[k], b[k]) for k in a.files if k.startswith("model/"))

@@ -1,8 +1,8 @@
-"""Softmax cross-entropy, against torch.nn.functional.cross_entropy.
+"""Softmax cross-entropy, against torch.nn.functional.cross_entropy, plain and with label smoothing.
 
 Labels as an integer NumPy array and as a tinyse Tensor holding integers;
 finite differences; float32 stays float32; huge logits (1e4) stay finite;
-clear errors for bad labels and logits.
+clear errors for bad labels, logits and smoothing.
 """
 
 import math
@@ -29,17 +29,18 @@ def labels_as(kind, labels, device):
     return Tensor(labels) if kind == "tensor" else labels
 
 
-def torch_cross_entropy(logits, labels, upstream):
+def torch_cross_entropy(logits, labels, upstream, label_smoothing=0.0):
     """torch's loss and logits gradient (as NumPy arrays) after backward from ``upstream``."""
     tensor = torch.tensor(logits, requires_grad=True)
-    loss = torch.nn.functional.cross_entropy(tensor, torch.from_numpy(labels.astype(np.int64)))
+    loss = torch.nn.functional.cross_entropy(tensor, torch.from_numpy(labels.astype(np.int64)),
+                                             label_smoothing=label_smoothing)
     loss.backward(torch.from_numpy(upstream))
     return loss.detach().numpy(), tensor.grad.numpy()
 
 
-def assert_cross_entropy_matches_torch(logits, labels, label_kind="array", device="cpu", seed=0):
-    """tinyse's and torch's mean cross-entropy, and the logits gradient scaled by a random upstream
-    number (not 1), agree to TORCH_TOLERANCE; the loss and gradient keep the logits' dtype.
+def assert_cross_entropy_matches_torch(logits, labels, label_kind="array", device="cpu", seed=0, label_smoothing=0.0):
+    """tinyse's and torch's mean cross-entropy (with ``label_smoothing``), and the logits gradient scaled by a
+    random upstream number (not 1), agree to TORCH_TOLERANCE; the loss and gradient keep the logits' dtype.
 
     A float32 example drawn by hypothesis is skipped (``assume``) when torch's own float32 result is off its
     float64 result by more than a tenth of the tolerance: very confident rows make every gradient entry
@@ -48,16 +49,16 @@ def assert_cross_entropy_matches_torch(logits, labels, label_kind="array", devic
     dtype = logits.dtype
     tolerance = TORCH_TOLERANCE[dtype.type]
     upstream = np.random.default_rng([seed, 1]).standard_normal(()).astype(dtype)  # a stream of its own
-    expected = torch_cross_entropy(logits, labels, upstream)
+    expected = torch_cross_entropy(logits, labels, upstream, label_smoothing)
     if dtype == np.float32:
-        exact = torch_cross_entropy(logits.astype(np.float64), labels, upstream.astype(np.float64))
+        exact = torch_cross_entropy(logits.astype(np.float64), labels, upstream.astype(np.float64), label_smoothing)
         well_conditioned = all(rel_error(e, x) < tolerance / 10 for e, x in zip(expected, exact))
         if currently_in_test_context():
             assume(well_conditioned)
         else:  # a fixed example must be chosen well-conditioned
             assert well_conditioned, "this float32 example is ill-conditioned (torch float32 != float64)"
     ours = Tensor(to_device(logits, device), requires_grad=True)
-    loss = F.cross_entropy(ours, labels_as(label_kind, labels, device))
+    loss = F.cross_entropy(ours, labels_as(label_kind, labels, device), label_smoothing=label_smoothing)
     assert loss.shape == () and loss.dtype == dtype and loss.device == device
     assert rel_error(loss.data, expected[0]) < tolerance, "loss differs from torch"
     loss.backward(to_device(upstream, device))
@@ -92,6 +93,53 @@ def test_cross_entropy_gradcheck(problem):
     """The logits gradient (softmax minus one-hot, over N) matches finite differences; labels pass through untouched."""
     logits, labels, _ = problem
     assert gradcheck(F.cross_entropy, logits, labels) < GRADCHECK_TOLERANCE
+
+
+SMOOTHINGS = [0.1, 0.5, 1.0]  # the fast recipe's 0.1, half, and all of the target spread evenly
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("label_smoothing", SMOOTHINGS)
+@given(problem=problems())
+def test_cross_entropy_with_label_smoothing_matches_torch(label_smoothing, dtype, device, problem):
+    """Loss and logits gradient with label smoothing match torch's ``label_smoothing``, float64 and float32."""
+    logits, labels, seed = problem
+    assert_cross_entropy_matches_torch(logits.astype(dtype), labels, device=device, seed=seed,
+                                       label_smoothing=label_smoothing)
+
+
+@pytest.mark.parametrize("label_smoothing", SMOOTHINGS)
+@given(problem=problems(scales=[1.0]))
+@example(problem=(np.array([[0.5, -1.0, 2.0]]), np.array([2]), 0))
+def test_cross_entropy_with_label_smoothing_gradcheck(label_smoothing, problem):
+    """With smoothing the gradient, (p - q) / N for the smoothed target q, matches finite differences."""
+    logits, labels, _ = problem
+    error = gradcheck(lambda x, t: F.cross_entropy(x, t, label_smoothing=label_smoothing), logits, labels)
+    assert error < GRADCHECK_TOLERANCE
+
+
+def test_label_smoothing_is_a_mix_of_the_label_loss_and_the_uniform_loss():
+    """eps = 0 is the plain loss to the bit; eps = 1 is the mean of -log p over every class; in between,
+    (1 - eps) * plain + eps * uniform, computed here with Python's math."""
+    logits, labels = np.array([[0.3, -1.2, 2.5, 0.0], [1.0, 0.5, -0.5, 2.0]]), np.array([1, 3])
+    log_p = [[v - math.log(sum(math.exp(u) for u in row)) for v in row] for row in logits]
+    plain = -sum(row[t] for row, t in zip(log_p, labels)) / 2
+    uniform = -sum(sum(row) / 4 for row in log_p) / 2
+    assert F.cross_entropy(logits, labels, label_smoothing=0.0).item() == F.cross_entropy(logits, labels).item()
+    assert math.isclose(F.cross_entropy(logits, labels).item(), plain, rel_tol=1e-12)
+    assert math.isclose(F.cross_entropy(logits, labels, label_smoothing=1.0).item(), uniform, rel_tol=1e-12)
+    mixed = F.cross_entropy(logits, labels, label_smoothing=0.1).item()
+    assert math.isclose(mixed, 0.9 * plain + 0.1 * uniform, rel_tol=1e-12)
+    x = Tensor(logits, requires_grad=True)
+    F.cross_entropy(x, labels, label_smoothing=0.1).backward()
+    assert np.allclose(x.grad.sum(axis=1), 0.0, atol=1e-15)  # q sums to 1 like p: each row's gradient sums to 0
+
+
+@pytest.mark.parametrize("label_smoothing", [-0.1, 1.5])
+def test_label_smoothing_outside_0_1_is_an_error(label_smoothing):
+    with pytest.raises(ValueError, match=r"label_smoothing must be in \[0, 1\], got " + str(label_smoothing)):
+        F.cross_entropy(LOGITS, np.array([0, 1, 2]), label_smoothing=label_smoothing)
 
 
 @pytest.mark.parametrize("device", DEVICES)

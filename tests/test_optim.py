@@ -1,5 +1,6 @@
-"""SGD against torch.optim.SGD, dtype and device discipline, resuming from a state dict, and the lr schedules
-against torch.optim.lr_scheduler."""
+"""SGD against torch.optim.SGD (parameter groups too), dtype and device discipline, resuming from a state dict,
+the lr schedules against torch.optim.lr_scheduler (one-cycle against OneCycleLR), and the moving average of the
+weights against its closed form."""
 import itertools
 import math
 import warnings
@@ -10,8 +11,19 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tinyse import models
 from tinyse.backend import device_of, to_device
-from tinyse.optim import SGD, cosine_lr, make_schedule, step_lr, warmup
+from tinyse.optim import (
+    SGD,
+    ModelEMA,
+    cosine_lr,
+    ema_decay,
+    make_schedule,
+    one_cycle_lr,
+    param_groups,
+    step_lr,
+    warmup,
+)
 from tinyse.tensor import Tensor
 
 from conftest import DEVICES, rel_error
@@ -245,9 +257,11 @@ def test_state_dict_format_and_copies():
     optimizer.step()
     state = optimizer.state_dict()
     assert sorted(state) == sorted(
-        ["lr", "momentum", "nesterov", "weight_decay", "num_params", "momentum_buffer.0", "momentum_buffer.2"]
+        ["lr", "momentum", "nesterov", "weight_decay", "num_params", "group_sizes", "group_weight_decays",
+         "momentum_buffer.0", "momentum_buffer.2"]
     )
     assert state["lr"] == 0.05 and state["num_params"] == 3
+    assert state["group_sizes"].tolist() == [3] and state["group_weight_decays"].tolist() == [1e-4]
     assert type(state["momentum_buffer.0"]) is np.ndarray
     state["momentum_buffer.0"][...] = 7.0  # a copy: changing it leaves the optimiser alone
     assert np.array_equal(optimizer.momentum_buffers[0], np.ones(SHAPES[0]))
@@ -413,3 +427,265 @@ def test_warmup_bad_inputs_raise():
         warmup(0.1, 0.0, -1)
     with pytest.raises(ValueError, match=r"start_factor must be in \(0, 1\]"):
         warmup(0.1, 0.0, 2, start_factor=0.0)
+
+
+# --- parameter groups: no weight decay on batch norm and biases ----------------------------------------
+GROUP_DECAYS = [5e-4, 0.0]  # (weights, then batch norm parameters and biases), as the fast recipe
+
+
+def grouped(params, decays=GROUP_DECAYS):
+    """The parameters as torch-style groups: the first two in the first group, the rest in the second."""
+    return [{"params": params[:2], "weight_decay": decays[0]}, {"params": params[2:], "weight_decay": decays[1]}]
+
+
+def run_grouped(initial, lrs, grads, momentum, nesterov, library, start=None):
+    """Train with two parameter groups in tinyse or torch; returns the parameters (and the optimiser)."""
+    if library == "torch":
+        params = [torch.tensor(a) for a in initial]
+        optimizer = torch.optim.SGD(grouped(params), lr=lrs[0], momentum=momentum, nesterov=nesterov)
+    else:
+        params = [Tensor(a.copy(), requires_grad=True) for a in initial]
+        optimizer = SGD(grouped(params), 0.5, momentum, nesterov, weight_decay=1.0)  # 1.0: the groups override it
+    for lr, step_grads in zip(lrs, grads):
+        for p, g in zip(params, step_grads):
+            p.grad = None if g is None else (torch.tensor(g) if library == "torch" else g)
+        if library == "torch":
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+        else:
+            optimizer.lr = lr
+        optimizer.step()
+    return params, optimizer
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("momentum, nesterov", [(0.9, True), (0.9, False), (0.0, False)])
+def test_sgd_with_parameter_groups_matches_torch(momentum, nesterov, dtype):
+    """Two groups, 5e-4 and no weight decay, over 8 steps of changing lr and skipped gradients: torch's numbers."""
+    initial, lrs, grads = make_run(21, 8, dtype)
+    ours, optimizer = run_grouped(initial, lrs, grads, momentum, nesterov, "tinyse")
+    expected, _ = run_grouped(initial, lrs, grads, momentum, nesterov, "torch")
+    for index, (p, e) in enumerate(zip(ours, expected)):
+        assert p.dtype == dtype and rel_error(p.data, e) < SGD_TOLERANCE[dtype], f"parameter {index}"
+    assert optimizer.weight_decays() == [5e-4, 5e-4, 0.0]
+
+
+def test_a_group_without_weight_decay_is_not_decayed():
+    """A zero gradient: the decayed group shrinks by lr * wd * p, the other group does not move."""
+    decayed, kept = Tensor(np.ones(3), requires_grad=True), Tensor(np.ones(2), requires_grad=True)
+    optimizer = SGD([{"params": [decayed], "weight_decay": 0.1}, {"params": [kept], "weight_decay": 0.0}], 0.5)
+    decayed.grad, kept.grad = np.zeros(3), np.zeros(2)
+    optimizer.step()
+    assert np.allclose(decayed.data, 1 - 0.5 * 0.1) and np.array_equal(kept.data, np.ones(2))
+    default = SGD([{"params": [decayed]}], 0.1, weight_decay=3e-4)  # a group without its own takes the default
+    assert default.weight_decays() == [3e-4]
+
+
+def test_param_groups_leave_batch_norm_and_biases_out_of_the_decay():
+    """SE-ResNet-20: every conv and linear weight decays; batch norm's scale and shift and every bias do not."""
+    model = models.create("se_resnet20", seed=0)
+    named = dict(model.named_parameters())
+    decay, no_decay = param_groups(model.named_parameters(), 5e-4)
+    assert decay["weight_decay"] == 5e-4 and no_decay["weight_decay"] == 0.0
+    names = {id(p): name for name, p in named.items()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    kept = {names[id(p)] for p in no_decay["params"]}
+    assert decayed | kept == set(named) and not decayed & kept
+    assert decayed == {n for n in named if n.endswith("weight") and ("conv" in n or "fc" in n)}
+    assert kept == {n for n in named if ".bn" in n or n.startswith("bn") or n.endswith("bias")}
+    assert {"fc.bias", "bn1.weight", "layer1.0.se.fc1.bias"} <= kept and "layer1.0.se.fc1.weight" in decayed
+    (everything,) = param_groups(model.named_parameters(), 5e-4, decay_norm_and_bias=True)
+    assert len(everything["params"]) == len(named) and everything["weight_decay"] == 5e-4
+    assert len(param_groups([("w", Tensor(np.zeros((2, 2))))], 1e-4)) == 1  # an empty group is left out
+
+
+def test_param_groups_split_a_torch_twin_the_same_way():
+    """The same function splits the PyTorch twin (same names): the torch recipe decays the same parameters."""
+    from tinyse.testing.twins import twin_for_name
+
+    model, twin = models.create("se_resnet20", seed=0), twin_for_name("se_resnet20")
+    ours = [[name for name, p in model.named_parameters() if any(p is q for q in g["params"])]
+            for g in param_groups(model.named_parameters(), 5e-4)]
+    theirs = [[name for name, p in twin.named_parameters() if any(p is q for q in g["params"])]
+              for g in param_groups(twin.named_parameters(), 5e-4)]
+    assert [sorted(g) for g in ours] == [sorted(g) for g in theirs]
+
+
+def test_grouped_optimizer_resumes_bit_for_bit_and_checks_the_groups():
+    initial, lrs, grads = make_run(22, 7, np.float32)
+    straight, _ = run_grouped(initial, lrs, grads, 0.9, True, "tinyse")
+    params, optimizer = run_grouped(initial, lrs[:3], grads[:3], 0.9, True, "tinyse")
+    state = optimizer.state_dict()
+    assert state["group_sizes"].tolist() == [2, 1] and state["group_weight_decays"].tolist() == GROUP_DECAYS
+    resumed = SGD(grouped(params, decays=[0.1, 0.1]), 0.1, momentum=0.0)  # load restores every setting
+    resumed.load_state_dict(state)
+    assert resumed.weight_decays() == [5e-4, 5e-4, 0.0] and resumed.nesterov
+    for lr, step_grads in zip(lrs[3:], grads[3:]):
+        resumed.lr = lr
+        for p, g in zip(params, step_grads):
+            p.grad = g
+        resumed.step()
+    assert all(np.array_equal(a.data, b.data) for a, b in zip(straight, params))
+    one_group = SGD(params, 0.1, momentum=0.9)
+    with pytest.raises(ValueError, match=r"parameter groups of sizes \[2, 1\], but this optimiser's groups have "
+                                         r"sizes \[3\]"):
+        one_group.load_state_dict(state)
+    old = {k: v for k, v in state.items() if not k.startswith("group_")}  # a checkpoint from before the groups
+    assert SGD(params, 0.1, momentum=0.9).load_state_dict(old).weight_decays() == [1.0] * 3  # its weight_decay
+
+
+@pytest.mark.parametrize("groups, error, message", [
+    ([{"params": [], "lr": 0.1}], ValueError, r"group 0 has settings \['lr'\]; a group may set only 'weight_decay'"),
+    ([{"weight_decay": 0.1}], TypeError, "group 0 must be a dict with a 'params' list"),
+    ([{"params": [Tensor(np.zeros(2))], "weight_decay": -1.0}], ValueError, "invalid weight_decay -1.0"),
+])
+def test_bad_parameter_groups_raise(groups, error, message):
+    with pytest.raises(error, match=message):
+        SGD(groups, 0.1)
+
+
+# --- one-cycle ---------------------------------------------------------------------------------------
+def torch_one_cycle(peak, epochs, warmup_epochs, steps_per_epoch, div):
+    """torch's OneCycleLR lr at every step 0 .. epochs * steps_per_epoch, laid out to be one_cycle_lr (see there)."""
+    total = epochs * steps_per_epoch + 1
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=peak)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=peak, total_steps=total, pct_start=(warmup_epochs * steps_per_epoch + 1) / total,
+        anneal_strategy="linear", div_factor=div, final_div_factor=float("inf"), cycle_momentum=False)
+    lrs = []
+    for _ in range(total):
+        lrs.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # stepping past total_steps on the last round
+            if len(lrs) < total:
+                scheduler.step()
+    return lrs
+
+
+@pytest.mark.parametrize("peak, epochs, warmup_epochs, steps_per_epoch, div", [
+    (0.2, 15, 3, 10, 25.0),   # the fast recipe's shape
+    (0.4, 6, 1.5, 8, 10.0),   # a warm-up that ends mid-epoch
+    (0.1, 4, 2, 3, 1.0),      # div 1: the warm-up is flat at the peak
+])
+def test_one_cycle_matches_torch_one_cycle_lr(peak, epochs, warmup_epochs, steps_per_epoch, div):
+    expected = torch_one_cycle(peak, epochs, warmup_epochs, steps_per_epoch, div)
+    ours = [one_cycle_lr(peak, step / steps_per_epoch, epochs, warmup_epochs, div) for step in range(len(expected))]
+    assert np.allclose(ours, expected, rtol=1e-12, atol=1e-15)
+    schedule = make_schedule("onecycle", peak, epochs, warmup_epochs=warmup_epochs, div_factor=div)
+    assert [schedule(step / steps_per_epoch) for step in range(len(expected))] == ours
+
+
+def test_one_cycle_shape_start_peak_and_end():
+    """0.008 at the first step, 0.2 at the end of the warm-up, falling in a straight line to 0 at the end."""
+    schedule = make_schedule("onecycle", 0.2, 15, warmup_epochs=3)
+    assert math.isclose(schedule(0.0), 0.008) and schedule(3.0) == 0.2 and schedule(15.0) == 0.0
+    assert math.isclose(schedule(9.0), 0.1) and schedule(20.0) == 0.0
+    steps = 391
+    last_step = schedule(15 - 1 / steps)  # the last step of training: near zero, not zero
+    assert 0 < last_step < 1e-4 and math.isclose(last_step, 0.2 / (12 * steps))
+    fine = [schedule(e) for e in np.linspace(0, 15, 301)]
+    peak_at = fine.index(max(fine))
+    assert all(a < b for a, b in itertools.pairwise(fine[: peak_at + 1]))
+    assert all(a > b for a, b in itertools.pairwise(fine[peak_at:]))
+    no_warmup = make_schedule("onecycle", 0.2, 10)
+    assert no_warmup(0.0) == 0.2 and math.isclose(no_warmup(5.0), 0.1)
+    assert "onecycle" in repr(schedule) and "div_factor=25.0" in repr(schedule)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"warmup_epochs": 15}, r"warmup_epochs \(15\) must be shorter than the run \(15 epochs\)"),
+    ({"warmup_epochs": 2, "div_factor": 0.5}, "div_factor must be >= 1"),
+    ({"warmup_epochs": 2, "milestones": [5]}, "milestones apply only to the 'step' schedule"),
+])
+def test_one_cycle_bad_inputs_raise(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        make_schedule("onecycle", 0.2, 15, **kwargs)
+
+
+# --- the moving average of the weights ------------------------------------------------------------------
+def test_ema_decay_starts_at_zero_and_rises_to_the_decay():
+    assert ema_decay(0.999, 1) == 0.0 and math.isclose(ema_decay(0.5, 2), 0.5 * 0.5 / 0.75)
+    betas = [ema_decay(0.999, t) for t in range(1, 20000, 97)]
+    assert all(a < b for a, b in itertools.pairwise(betas)) and math.isclose(betas[-1], 0.999, rel_tol=1e-9)
+    with pytest.raises(ValueError, match="updates count from 1"):
+        ema_decay(0.9, 0)
+
+
+def ema_run(decay, steps, seed=0):
+    """A tiny batch-norm model whose weights and running statistics are set to random values before each update."""
+    from tinyse.nn import BatchNorm2d
+
+    model = BatchNorm2d(3)
+    ema = ModelEMA(model, decay)
+    rng = np.random.default_rng(seed)
+    history = []
+    for _ in range(steps):
+        model.weight.data = rng.standard_normal(3).astype(np.float32)
+        model.running_var[...] = rng.uniform(0.5, 2.0, 3)
+        model.num_batches_tracked += 1
+        history.append(model.state_dict())
+        ema.update(model)
+    return model, ema, history
+
+
+def test_ema_is_the_normalised_exponentially_weighted_mean_of_every_step():
+    """After t updates: sum_s d^(t-s) w_s / sum_s d^(t-s), for the weights and batch norm's running statistics;
+    the step counter (an integer buffer) is copied."""
+    decay, steps = 0.8, 6
+    _, ema, history = ema_run(decay, steps)
+    weights = np.array([decay ** (steps - s) for s in range(1, steps + 1)])
+    for key in ("weight", "running_var", "bias"):
+        expected = sum(w * h[key].astype(np.float64) for w, h in zip(weights, history)) / weights.sum()
+        assert rel_error(ema.model.state_dict()[key], expected) < 1e-6, key
+    assert ema.model.state_dict()["num_batches_tracked"] == steps and ema.steps == steps
+    assert ema.model.weight.dtype == np.float32 and not ema.model.training
+
+
+def test_ema_first_update_copies_and_the_average_is_a_separate_model():
+    model, ema, history = ema_run(0.999, 1)
+    assert all(np.array_equal(v, history[0][k]) for k, v in ema.model.state_dict().items())
+    model.weight.data[...] = 123.0
+    assert not np.any(ema.model.weight.data == 123.0)
+
+
+def test_ema_resumes_from_its_state_dict_exactly(tmp_path):
+    _, straight, _ = ema_run(0.9, 5, seed=3)
+    model, half, _ = ema_run(0.9, 2, seed=3)
+    np.savez(tmp_path / "ema.npz", **half.state_dict())
+    with np.load(tmp_path / "ema.npz") as archive:
+        resumed = ModelEMA(model, 0.5).load_state_dict(dict(archive))
+    assert resumed.decay == 0.9 and resumed.steps == 2
+    rng = np.random.default_rng(3)
+    for step in range(5):  # replay the same random stream, folding in only steps 3-5
+        weight, running_var = rng.standard_normal(3).astype(np.float32), rng.uniform(0.5, 2.0, 3)
+        if step >= 2:
+            model.weight.data, model.running_var[...] = weight, running_var
+            resumed.update(model)
+    for key, value in straight.model.state_dict().items():
+        if key != "num_batches_tracked":
+            assert np.array_equal(resumed.model.state_dict()[key], value), key
+
+
+@pytest.mark.parametrize("decay", [0.0, 1.0, -0.5])
+def test_ema_decay_outside_0_1_is_an_error(decay):
+    with pytest.raises(ValueError, match=r"EMA decay must be in \(0, 1\)"):
+        ModelEMA(models.create("resnet20"), decay)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_ema_on_the_device_of_its_model(device):
+    """The average lives on the model's device, keeps float32, and equals the CPU numbers."""
+    averages = {}
+    for where in ("cpu", device):
+        model = models.create("resnet20", seed=0).to(where)
+        ema = ModelEMA(model, 0.9)
+        rng = np.random.default_rng(1)
+        for _ in range(3):
+            for p in model.parameters():
+                p.data = to_device(rng.standard_normal(p.shape).astype(np.float32), where)
+            ema.update(model)
+        assert device_of(ema.model.conv1.weight.data) == where and ema.model.conv1.weight.dtype == np.float32
+        averages[where] = ema.state_dict()
+    for key, value in averages["cpu"].items():
+        assert np.allclose(averages[device][key], value, rtol=1e-6, atol=1e-7), key

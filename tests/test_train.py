@@ -4,6 +4,8 @@ Most tests train ResNet-20 on a small CIFAR-10 made in the official format
 (fabricated by tests/test_data.py's helpers), so they run anywhere in seconds;
 one test trains SE-ResNet-20 on the real CIFAR-10 (found through TINYSE_DATA).
 """
+import io
+import itertools
 import json
 import os
 import re
@@ -19,6 +21,7 @@ from tinyse import train as train_module
 from tinyse.checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from tinyse.evaluate import accuracy_report, evaluate_checkpoint
 from tinyse.evaluate import main as evaluate_main
+from tinyse.progress import Progress, RunTiming, format_duration
 from tinyse.train import StopRequest, config_from_args, parse_args, train
 
 from conftest import DEVICES
@@ -82,7 +85,7 @@ def resume_and_compare(parts, whole):
         assert np.array_equal(expected[key], actual[key]), key
 
     def drop_time(rows):
-        return [{k: v for k, v in r.items() if k not in ("seconds", "images_per_s")} for r in rows]
+        return [{k: v for k, v in r.items() if k not in ("seconds", "images_per_s", "eval_seconds")} for r in rows]
 
     assert drop_time(train_module.read_metrics(whole["out"])) == drop_time(train_module.read_metrics(parts["out"]))
 
@@ -121,8 +124,8 @@ def test_a_loss_that_turns_nan_stops_with_epoch_and_step_and_keeps_the_last_chec
     saved = weights(last)
     real_cross_entropy, calls = train_module.F.cross_entropy, []
 
-    def cross_entropy_that_fails_at_step_3(logits, labels):
-        loss = real_cross_entropy(logits, labels)
+    def cross_entropy_that_fails_at_step_3(logits, labels, **options):
+        loss = real_cross_entropy(logits, labels, **options)
         calls.append(1)
         return loss * float("nan") if len(calls) == 3 else loss
 
@@ -285,3 +288,93 @@ def test_se_resnet20_learns_real_cifar10_in_a_few_minutes(tmp_path):
     config = config_from_args(parse_args([*REAL_RUN, "--data-dir", str(root), "--out", str(tmp_path / "real")]))
     metrics = train(config)["metrics"]
     assert metrics["test_acc"] > 0.30, metrics
+
+
+# --- the progress line: elapsed time and ETA, for the epoch and the run ---------------------------------
+class Terminal(io.StringIO):
+    """A stream that says it is a terminal, so the bar draws."""
+
+    def isatty(self):
+        return True
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.mark.parametrize("seconds, shown", [(0, "0:00"), (59.4, "0:59"), (65, "1:05"), (3599.6, "1:00:00"),
+                                            (3725, "1:02:05"), (36000, "10:00:00"), (None, "?"), (-1, "?")])
+def test_durations_read_as_minutes_or_hours(seconds, shown):
+    assert format_duration(seconds) == shown
+
+
+def test_the_line_shows_the_epochs_and_the_runs_elapsed_time_and_eta():
+    """2 s per step, 4 of 10 done: the epoch is 0:08 in with 6 steps (0:12) left; the run had 100 s before, and
+    after this epoch comes another of 10 steps and 30 s of evaluation: 12 + 20 + 30 = 62 s left."""
+    clock, stream = FakeClock(), Terminal()
+    progress = Progress(10, "epoch 2/3", stream=stream, clock=clock,
+                        run=RunTiming(elapsed_before=100, steps_after=10, seconds_after=30))
+    for _ in range(4):
+        clock.now += 2
+        progress.update(loss=1.5)
+    times = progress.times()
+    assert times == {"elapsed": 8, "eta": 12, "run_elapsed": 108, "run_eta": 62}
+    line = stream.getvalue().split("\r")[-1]
+    assert line.startswith("epoch 2/3 [#########...............] 4/10  loss 1.5  0:08 eta 0:12  run 1:48 eta 1:02")
+    progress.close()
+    assert stream.getvalue().endswith("\r\033[K")
+
+
+def test_with_a_steady_pace_elapsed_rises_and_eta_falls_to_zero():
+    clock = FakeClock()
+    progress = Progress(20, clock=clock, stream=Terminal(), run=RunTiming(50.0, 40, 10.0))
+    assert progress.times()["eta"] is None and "eta ?" in progress.line()  # no rate before the first step
+    seen = []
+    for _ in range(20):
+        clock.now += 1.5
+        progress.update()
+        seen.append(progress.times())
+    for key in ("elapsed", "run_elapsed"):
+        assert all(a[key] < b[key] for a, b in itertools.pairwise(seen))
+    for key in ("eta", "run_eta"):
+        assert all(a[key] > b[key] for a, b in itertools.pairwise(seen))
+    assert seen[-1]["eta"] == 0 and seen[-1]["run_eta"] == 40 * 1.5 + 10.0
+    assert seen[0]["run_elapsed"] + seen[0]["run_eta"] == pytest.approx(50 + 60 * 1.5 + 10)  # the whole run
+
+
+def test_a_resumed_epoch_measures_its_pace_on_the_steps_it_runs():
+    clock = FakeClock()
+    progress = Progress(10, clock=clock, stream=Terminal())
+    progress.skip_to(6)
+    clock.now += 3
+    progress.update()  # one step in 3 s: 3 steps left take 9 s
+    assert progress.times()["eta"] == 9 and progress.times()["run_eta"] is None
+    assert "run" not in progress.line()
+
+
+def test_the_bar_is_silent_off_a_terminal():
+    stream = io.StringIO()
+    progress = Progress(3, stream=stream)
+    progress.update()
+    progress.close()
+    assert stream.getvalue() == ""
+
+
+def test_the_epoch_line_carries_the_runs_clock(fake_cifar10, capsys):
+    train(quick_config(fake_cifar10, "--epochs", "2"))
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
+    assert len(lines) == 2 and all(re.search(r"run \d+:\d\d eta \d+:\d\d$", line) for line in lines)
+    assert lines[-1].endswith("eta 0:00")
+
+
+def test_the_run_clock_counts_training_and_evaluation():
+    config = {"epochs": 4, "eval_every": 2}
+    rows = [{"epoch": 1, "seconds": 100.0}, {"epoch": 2, "seconds": 120.0, "eval_seconds": 30.0}]
+    assert train_module.run_clock(config, rows) == (250.0, 2 * 120.0 + 30.0)  # epochs 3, 4; one evaluation (at 4)
+    state = train_module.RunState(epoch=2)
+    timing = train_module.run_timing(config, rows, state, steps_per_epoch=50)
+    assert timing == RunTiming(elapsed_before=250.0, steps_after=50, seconds_after=30.0)

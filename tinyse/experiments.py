@@ -9,6 +9,30 @@
     python -m tinyse.experiments stages                       # SE in stage 1, 2, 3 only, or in all
     python -m tinyse.experiments summarize experiments/compare-resnet20   # rebuild the results, no training
 
+The studies of the fast recipe (``python -m tinyse.train --recipe fast``), kept in the repository:
+
+    python -m tinyse.experiments recipe --seeds 0 1        # the recipe, and each ingredient switched off in turn
+    python -m tinyse.experiments se-vs-plain --seeds 0 1 2 # ResNet-20 vs SE-ResNet-20, fast recipe, 15 epochs
+    python -m tinyse.experiments torch-check --seeds 0 1   # the same recipe in tinyse and in PyTorch: accuracy, time
+    python -m tinyse.experiments se-vs-plain --jobs 2      # two runs at a time, one thread each
+
+A study's folder is docs/runs/STUDY (run from the repository's root). Each finished run leaves
+there, beside tinyse.train's files, summary.json (its final numbers, time, threads, machine and
+command) and weights.npz (the run's final weights, float32, about 1 MB: ``python -m tinyse.evaluate``
+reads it); those two, config.json and metrics.jsonl are what git keeps (.gitignore drops the
+checkpoints and curves). A run whose metrics reach its epochs is done, so on a fresh clone the
+committed runs are skipped and still summarized, and a study grows run by run, machine by machine.
+``recipe`` runs on a validation split (5,000 images held out) for 5 epochs and compares the
+ingredients on the validation accuracy; the others train on all 50,000 images for the recipe's 15
+epochs and report the test accuracy. The statistics: mean ± sample std over seeds, and each variant
+minus the baseline (the full recipe, the plain model, tinyse) paired by seed, with its 95% t-interval.
+
+``--jobs 2`` runs two runs at a time, each in its own process with half the cores' threads. Whether
+that finishes a study sooner than one run at a time on every core depends on how well one run keeps
+the cores busy (NumPy's copies and elementwise loops run on one core); the images/s in each run's
+metrics tell. The threads a run used are in its config and summary.json; a run is reproducible from
+its seed with the same number of threads.
+
 Every variant is trained once per seed with one shared recipe, each run by
 ``tinyse.train`` in its own folder ``OUT/VARIANT/seedN`` (config.json,
 metrics.jsonl, last.npz, curves.png). The seed sets the initial weights, the
@@ -38,22 +62,29 @@ The experiment folder receives:
     results.png       test accuracy against epoch: each seed thin, the mean over seeds thick
 """
 import argparse
+import datetime
 import glob
 import json
+import math
 import os
+import platform
+import shlex
+import subprocess
 import sys
+import time
 
 import numpy as np
 
 from tinyse import models
 from tinyse import train as train_module
 from tinyse.backend import module_for_device
-from tinyse.checkpoint import atomic_write
+from tinyse.checkpoint import atomic_write, load_checkpoint, load_ema, save_checkpoint
 from tinyse.data import DataError
 from tinyse.memory import keep_freed_memory
 from tinyse.models import se_options
 from tinyse.nn.se import SQUEEZES
 from tinyse.ops.se import GATES
+from tinyse.parallel import workers
 from tinyse.summary import INPUT_SHAPE, summary
 
 # The default budget (see the docstring) and the values each ablation tries by default (the paper's).
@@ -68,7 +99,25 @@ ABLATIONS = {
     "stages": ("1", "2", "3", "all"),
 }
 # Settings of a run that do not change its result: a folder may be resumed or summarized with others.
-NOT_RECIPE = ("out", "seed", "device", "data_dir", "progress", "prefetch", "resumed")
+NOT_RECIPE = ("out", "seed", "device", "data_dir", "progress", "prefetch", "resumed", "threads", "eval_every")
+
+# The studies of the fast recipe: their default budget (tinyse.train flags; the rest is the recipe's), the
+# number the statistics compare (the ingredient study chooses on the validation split), their default seeds.
+STUDIES = {
+    "recipe": {"budget": {"recipe": "fast", "epochs": 5, "val_split": 5000, "eval_every": 5},
+               "metric": "val_acc", "seeds": (0, 1), "model": "se_resnet20"},
+    "se-vs-plain": {"budget": {"recipe": "fast"}, "metric": "test_acc", "seeds": (0, 1, 2), "model": "resnet20"},
+    "torch-check": {"budget": {"recipe": "fast"}, "metric": "test_acc", "seeds": (0, 1), "model": "se_resnet20"},
+}
+STUDY_FLAGS = ("epochs", "train_subset", "test_subset", "val_split", "batch_size", "lr", "eval_every")
+# The ingredient study: the fast recipe, then each ingredient switched off in turn (label, tinyse.train flags).
+INGREDIENTS_OFF = [
+    ("no-onecycle", ["--schedule", "step"]),  # He et al.'s step schedule (/10 at 50%, 75%), same peak lr, no warm-up
+    ("no-nesterov", ["--no-nesterov"]),
+    ("no-label-smoothing", ["--label-smoothing", "0"]),
+    ("decay-norm-and-bias", ["--decay-norm-and-bias"]),  # weight decay on every parameter
+    ("no-ema", ["--ema", "0"]),
+]
 
 
 # --- what to train --------------------------------------------------------------------------
@@ -81,9 +130,21 @@ def plain_and_se(model):
     return plain, f"se_{plain}"
 
 
-def variant(label, model, *train_args):
-    """One arm of an experiment: a label for the tables, its folder name, and its ``tinyse.train`` arguments."""
-    return {"label": label, "folder": label.replace("=", "-"), "model": model, "train_args": list(train_args)}
+def variant(label, model, *train_args, library="tinyse"):
+    """One arm of an experiment: a label for the tables, its folder name, its ``tinyse.train`` arguments, and the
+    library that trains it ("tinyse", or "torch": ``tinyse.bench.train_torch`` with the same arguments)."""
+    return {"label": label, "folder": label.replace("=", "-"), "model": model, "train_args": list(train_args),
+            "library": library}
+
+
+def recipe_variants(model):
+    """The fast recipe, and one variant per ingredient switched off (INGREDIENTS_OFF)."""
+    return [variant("fast", model)] + [variant(label, model, *args) for label, args in INGREDIENTS_OFF]
+
+
+def library_variants(model):
+    """The same model and recipe trained by tinyse and by PyTorch."""
+    return [variant("tinyse", model), variant("torch", model, library="torch")]
 
 
 def compare_variants(model):
@@ -118,19 +179,46 @@ def ablation_variants(option, model, values=None, with_plain=False):
     return variants
 
 
-def run_config(out, variant, seed, recipe, device="cpu", data_dir=None, progress=True):
-    """The ``tinyse.train`` config of one run (built by train's own command line, so every default is train's)."""
+def run_args(out, variant, seed, recipe, device="cpu", data_dir=None, progress=True):
+    """The ``tinyse.train`` command-line arguments of one run: the recipe's, then the variant's (which win)."""
     run_folder = os.path.join(out, variant["folder"], f"seed{seed}")
-    args = ["--model", variant["model"], "--seed", str(seed), "--out", run_folder, "--device", device,
-            *variant["train_args"]]
+    args = ["--model", variant["model"], "--seed", str(seed), "--out", run_folder, "--device", device]
     for key, value in recipe.items():
         if value is not None:
             args += [f"--{key.replace('_', '-')}", str(value)]
+    args += variant["train_args"]
     if data_dir:
         args += ["--data-dir", data_dir]
     if not progress:
         args.append("--no-progress")
-    return train_module.config_from_args(train_module.parse_args(args))
+    return args
+
+
+def run_config(out, variant, seed, recipe, device="cpu", data_dir=None, progress=True):
+    """The ``tinyse.train`` config of one run (built by train's own command line, so every default is train's)."""
+    args = train_module.parse_args(run_args(out, variant, seed, recipe, device, data_dir, progress))
+    if variant.get("library", "tinyse") == "torch":
+        from tinyse.bench import train_torch
+
+        return train_torch.config_from_args(args)
+    return train_module.config_from_args(args)
+
+
+def train_function(variant, train=None):
+    """What trains a variant's run: ``train`` if given (tests), else tinyse.train's or the PyTorch trainer."""
+    if train is not None:
+        return train
+    if variant.get("library", "tinyse") == "torch":
+        from tinyse.bench.train_torch import train_torch
+
+        return train_torch
+    return train_module.train
+
+
+def command(variant, args):
+    """The shell command that trains a run with ``args`` in its own process."""
+    module = "tinyse.bench.train_torch" if variant.get("library", "tinyse") == "torch" else "tinyse.train"
+    return [sys.executable, "-m", module, *args]
 
 
 # --- run folders ----------------------------------------------------------------------------
@@ -164,61 +252,198 @@ def differences(saved, wanted):
     return {k: (saved.get(k), wanted.get(k)) for k in sorted(keys) if saved.get(k) != wanted.get(k)}
 
 
-def check_experiment_folder(out, name, model, variants, wanted):
-    """Refuse a folder that holds another experiment or runs of another recipe; record this experiment's variants."""
+def check_experiment_folder(out, name, model, variants, wanted_config, extra=None):
+    """Refuse a folder that holds another experiment or runs of another recipe; record this experiment's variants.
+
+    ``wanted_config(variant, seed)``: the config a run of that variant and seed must have been trained with.
+    ``extra``: entries experiment.json keeps besides the name, model and variants (the baseline, the metric).
+    """
     path = os.path.join(out, "experiment.json")
     known = read_json(path) if os.path.exists(path) else {"name": name, "model": model, "variants": []}
     if (known["name"], known["model"]) != (name, model):
         raise ValueError(f"{out} holds the {known['name']} experiment of {known['model']}: choose another --out")
+    by_folder = {v["folder"]: v for v in known["variants"] + variants}
     for config_path in glob.glob(os.path.join(out, "*", "seed*", "config.json")):
+        folder = os.path.dirname(config_path)
+        v = by_folder.get(os.path.basename(os.path.dirname(folder)))
+        if v is None:
+            continue  # not a run of this experiment's variants
         saved = read_json(config_path)
-        wanted_here = dict(wanted, **{k: saved.get(k) for k in ("model", *train_module.SE_OPTIONS)})
-        changed = differences(saved, wanted_here)
+        changed = differences(saved, wanted_config(v, int(folder.rsplit("seed", 1)[1])))
         if changed:
             shown = ", ".join(f"{k} {old} (wanted {new})" for k, (old, new) in changed.items())
-            raise ValueError(f"{os.path.dirname(config_path)} was trained with {shown}: choose another --out")
+            raise ValueError(f"{folder} was trained with {shown}: choose another --out")
     folders = {v["folder"] for v in known["variants"]}
     known["variants"] += [v for v in variants if v["folder"] not in folders]
+    known.update(extra or {})
     os.makedirs(out, exist_ok=True)
     write_json(path, known)
 
 
 def run_experiment(name, model, variants, seeds, out, recipe=None, device="cpu", data_dir=None, progress=True,
-                   train=None):
+                   train=None, jobs=1, base=None, baseline=None, metric="test_acc"):
     """Train every (seed, variant) not finished yet, seed by seed (so paired results arrive early); then summarize.
 
-    ``recipe`` overrides entries of BUDGET; ``train`` replaces ``tinyse.train.train`` (for tests).
+    ``recipe`` overrides entries of ``base`` (BUDGET unless given: the studies give theirs); ``train`` replaces
+    the trainer (for tests); ``jobs`` > 1 runs that many runs at a time, each in its own process with
+    1 / jobs of the cores (``run_in_processes``). ``baseline``: the variant the others are compared with
+    (default: the plain model, if there is one); ``metric``: the number compared ("test_acc" or "val_acc").
+    Every finished run gets its record (summary.json, weights.npz: ``record_run``).
     Returns (stopped, results): stopped is True when Ctrl-C interrupted a run.
     """
-    train = train or train_module.train
     seeds = list(seeds)
     if not seeds:
         raise ValueError("no seeds: give at least one, e.g. --seeds 0 1 2")
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"repeated seeds: {seeds}")
-    recipe = dict(BUDGET, **(recipe or {}))
-    plan = [(v, seed, run_config(out, v, seed, recipe, device, data_dir, progress)) for seed in seeds for v in variants]
-    check_experiment_folder(out, name, model, variants, plan[0][2])
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    recipe = dict(BUDGET if base is None else base, **(recipe or {}))
+
+    def wanted(v, seed):
+        return run_config(out, v, seed, recipe, device, data_dir, progress)
+
+    plan = [(v, seed, wanted(v, seed)) for seed in seeds for v in variants]
+    check_experiment_folder(out, name, model, variants, wanted, {"baseline": baseline, "metric": metric})
+    todo = []
     for i, (v, seed, config) in enumerate(plan, 1):
         head = f"[{i}/{len(plan)}] {v['label']} seed {seed}"
-        folder = config["out"]
+        folder, args = config["out"], run_args(out, v, seed, recipe, device, data_dir, progress)
         if is_finished(folder, config["epochs"]):
+            record_run(folder, name, v, args)  # a run finished before its record was written gets it now
             print(f"{head}: finished before, skipped")
             continue
-        if os.path.exists(os.path.join(folder, "last.npz")):  # interrupted: continue it exactly
-            config = train_module.config_from_args(train_module.parse_args(
-                ["--resume", folder, "--device", device, *(["--data-dir", data_dir] if data_dir else []),
-                 *([] if progress else ["--no-progress"])]
-            ))
-        print(f"{head}: training in {folder}", flush=True)
-        result = train(config)
+        run = {"head": head, "variant": v, "folder": folder, "config": config, "args": args, "process_args": args}
+        if os.path.exists(os.path.join(folder, "last.npz")) and v.get("library", "tinyse") == "tinyse":
+            # interrupted: continue it exactly (a PyTorch run has no last.npz before its end: it starts over)
+            run["process_args"] = ["--resume", folder, "--device", device,
+                                   *(["--data-dir", data_dir] if data_dir else []),
+                                   *([] if progress else ["--no-progress"])]
+            run["config"] = train_module.config_from_args(train_module.parse_args(run["process_args"]))
+        todo.append(run)
+    stopped = run_in_this_process(todo, name, train) if jobs == 1 else run_in_processes(todo, name, jobs)
+    if stopped:
+        print("interrupted; run the same command again to continue")
+    return stopped, summarize(out)
+
+
+def finished_line(head, folder):
+    rows = epoch_rows(folder)
+    return (f"{head}: test accuracy {100 * rows[-1]['test_acc']:.2f}% "
+            f"after {sum(r['seconds'] for r in rows):.0f} s of training")
+
+
+def run_in_this_process(todo, name, train=None):
+    """Train the runs one after another in this process, on every core; True when Ctrl-C stopped one."""
+    for run in todo:
+        print(f"{run['head']}: training in {run['folder']}", flush=True)
+        result = train_function(run["variant"], train)(run["config"])
         if result["stopped"]:
-            print(f"{head}: interrupted; run the same command again to continue")
-            return True, summarize(out)
-        rows = epoch_rows(folder)
-        print(f"{head}: test accuracy {100 * rows[-1]['test_acc']:.2f}% "
-              f"after {sum(r['seconds'] for r in rows):.0f} s of training", flush=True)
-    return False, summarize(out)
+            print(f"{run['head']}: interrupted")
+            return True
+        record_run(run["folder"], name, run["variant"], run["args"])
+        print(finished_line(run["head"], run["folder"]), flush=True)
+    return False
+
+
+def run_in_processes(todo, name, jobs, poll_seconds=0.5):
+    """Train the runs ``jobs`` at a time, each in a process of its own with cores / jobs threads (BLAS, tinyse's
+    batch split and torch all held to that number: ``thread_env``), its output in RUN/train.log; True when
+    Ctrl-C stopped them.
+
+    Ctrl-C reaches the runs too (one process group): each stops after its step and saves, as alone.
+    """
+    from tinyse.bench.machine import thread_env
+
+    threads = max(1, workers() // jobs)
+    env = thread_env(threads)
+    pending, running, stopped = list(todo), [], False
+    while pending or running:
+        while pending and len(running) < jobs and not stopped:
+            run = pending.pop(0)
+            os.makedirs(run["folder"], exist_ok=True)
+            log = open(os.path.join(run["folder"], "train.log"), "a")  # noqa: SIM115 (closed when the run ends)
+            process = subprocess.Popen(command(run["variant"], run["process_args"]), stdout=log,
+                                       stderr=subprocess.STDOUT, env=env)
+            running.append((process, run, log))
+            print(f"{run['head']}: training in {run['folder']} ({threads} thread{'s' if threads > 1 else ''}, "
+                  f"log in train.log)", flush=True)
+        try:
+            time.sleep(poll_seconds)
+        except KeyboardInterrupt:
+            stopped = True  # the runs got the Ctrl-C too: wait for them to save
+        for process, run, log in list(running):
+            code = process.poll()
+            if code is None:
+                continue
+            running.remove((process, run, log))
+            log.close()
+            if code == 0:
+                record_run(run["folder"], name, run["variant"], run["args"])
+                print(finished_line(run["head"], run["folder"]), flush=True)
+            elif code == 130:
+                stopped = True
+                print(f"{run['head']}: interrupted", flush=True)
+            else:
+                tail = open(os.path.join(run["folder"], "train.log")).read().splitlines()[-5:]  # noqa: SIM115
+                print(f"{run['head']}: failed (exit code {code}); the end of its train.log:\n  "
+                      + "\n  ".join(tail), flush=True)
+    return stopped
+
+
+# --- the committed record of a run ----------------------------------------------------------------
+def record_run(folder, study, variant, args):
+    """Write FOLDER/summary.json (the final numbers, time, threads, machine, the command with ``args``) and
+    FOLDER/weights.npz (the run's final weights: its moving average with --ema, float32) once its training has
+    finished; return the summary. Nothing is rewritten when summary.json exists (a committed run stays as
+    committed)."""
+    path = os.path.join(folder, "summary.json")
+    if os.path.exists(path):
+        return read_json(path)
+    last = os.path.join(folder, "last.npz")
+    if not os.path.exists(last):
+        return None  # nothing to take the weights from (a folder written by hand, in the tests)
+    config, rows = read_json(os.path.join(folder, "config.json")), epoch_rows(folder)
+    weights, _, meta = load_checkpoint(last)
+    ema = load_ema(last)
+    if ema is not None:
+        weights = {k[len("model/"):]: v for k, v in ema.items() if k.startswith("model/")}
+    which = "ema" if ema is not None else "raw"
+    save_checkpoint(os.path.join(folder, "weights.npz"), weights, None,
+                    {"state": meta["state"], "config": config, "weights": which})
+    final = {k: v for k, v in rows[-1].items() if k.endswith(("_acc", "_loss", "_tta"))}
+    library = config.get("library", "tinyse")
+    summary = {
+        "study": study, "variant": variant["label"], "seed": config["seed"], "model": config["model"],
+        "library": library, "recipe": config.get("recipe", "he"), "epochs": len(rows), "final": final,
+        "weights": {"file": "weights.npz", "of": which},
+        "train_seconds": sum(r["seconds"] for r in rows),
+        "eval_seconds": sum(r.get("eval_seconds", 0.0) for r in rows),
+        "threads": config.get("threads"), "machine": machine(library),
+        "command": shlex.join(["python", *command(variant, args)[1:]]),
+        "recorded": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
+    write_json(path, summary)
+    return summary
+
+
+def machine(library):
+    """What a run was measured on: CPU, cores, Python, NumPy and its BLAS, the load on the cores when it ended
+    (and torch's version for torch runs)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from tinyse.bench.machine import blas_name, cpu_model
+
+    found = {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
+             "numpy": np.__version__, "blas": blas_name(),
+             # other work on the cores slows a run (PyTorch's threads most: 4x at a load of 6 on 2 cores, measured)
+             "load_average_1_5_15_min": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+    if library == "torch":
+        try:
+            found["torch"] = version("torch")
+        except PackageNotFoundError:
+            found["torch"] = None
+    return found
 
 
 # --- results --------------------------------------------------------------------------------
@@ -237,14 +462,19 @@ def model_size(config):
 
 
 def run_record(variant, folder):
-    """What results.json keeps of one finished run."""
+    """What results.json keeps of one finished run: its final accuracies (test; with the run's options also the
+    validation split's, the flip TTA's and the raw weights'; None when the run has none), time, size, recipe."""
     config, rows = read_json(os.path.join(folder, "config.json")), epoch_rows(folder)
     params, macs = model_size(config)
     options = {k: config.get(k) for k in train_module.SE_OPTIONS if config.get(k) is not None}
     se = se_options.resolve(True, **options) if config["model"].startswith("se_") else None
+    final = rows[-1]
     return {
         "variant": variant["label"], "seed": config["seed"], "model": config["model"], "se": se,
-        "test_acc": rows[-1]["test_acc"], "train_seconds": sum(r["seconds"] for r in rows),
+        "library": config.get("library", "tinyse"),
+        "test_acc": final["test_acc"], "val_acc": final.get("val_acc"),
+        "test_acc_flip_tta": final.get("test_acc_flip_tta"), "raw_test_acc": final.get("raw_test_acc"),
+        "train_seconds": sum(r["seconds"] for r in rows), "threads": config.get("threads"),
         "params": params, "macs": macs, "folder": folder,
         "recipe": {k: v for k, v in config.items() if k not in NOT_RECIPE and k != "model"
                    and k not in train_module.SE_OPTIONS},
@@ -259,22 +489,50 @@ def spread(values):
             "min": float(values.min()), "max": float(values.max())}
 
 
-def variant_stats(runs):
-    """Per variant: test accuracy in % (mean, std, min, max over seeds), error %, params, MACs, mean training s."""
-    accuracy = spread([100 * r["test_acc"] for r in runs])
-    return {"accuracy": accuracy, "error": 100 - accuracy["mean"], "params": runs[0]["params"],
-            "macs": runs[0]["macs"], "train_seconds": float(np.mean([r["train_seconds"] for r in runs]))}
+# Student's t quantile t(0.975, df) for df = 1..30 (two-sided 95%), from the standard tables; tests hold each
+# to 0.975 of the t distribution computed by integrating its density.
+T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
 
 
-def paired_difference(se_label, plain_label, runs, stats):
-    """SE minus plain test accuracy (points) over the seeds both have, and a sentence that reads it."""
-    se = {r["seed"]: 100 * r["test_acc"] for r in runs if r["variant"] == se_label}
-    plain = {r["seed"]: 100 * r["test_acc"] for r in runs if r["variant"] == plain_label}
+def t_975(df):
+    """The 97.5% quantile of Student's t with ``df`` degrees of freedom (the half-width of a 95% interval, in
+    standard errors): the table to 30, beyond it the first terms of the Cornish-Fisher expansion around 1.96."""
+    if df < 1:
+        raise ValueError(f"a t interval needs df >= 1, got {df}")
+    if df <= len(T_975):
+        return T_975[df - 1]
+    z = 1.959964
+    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+
+
+def variant_stats(runs, metric="test_acc"):
+    """Per variant: ``metric`` in % (mean, std, min, max over seeds) as "accuracy", error %, params, MACs, mean
+    training s; and the spreads of the test accuracy (when ``metric`` is another), the flip TTA's and the raw
+    weights' test accuracy when every run has them."""
+    accuracy = spread([100 * r[metric] for r in runs])
+    stats = {"accuracy": accuracy, "error": 100 - accuracy["mean"], "params": runs[0]["params"],
+             "macs": runs[0]["macs"], "train_seconds": float(np.mean([r["train_seconds"] for r in runs]))}
+    extras = {"test_accuracy": "test_acc", "flip_tta": "test_acc_flip_tta", "raw": "raw_test_acc"}
+    for name, key in extras.items():
+        if key != metric and all(r.get(key) is not None for r in runs):
+            stats[name] = spread([100 * r[key] for r in runs])
+    return stats
+
+
+def paired_difference(se_label, plain_label, runs, stats, metric="test_acc"):
+    """``se_label`` minus ``plain_label`` accuracy (points, ``metric``) over the seeds both have, with its 95%
+    t-interval (mean ± t(0.975, n - 1) * std / sqrt(n), for 2 seeds or more), and a sentence that reads it."""
+    se = {r["seed"]: 100 * r[metric] for r in runs if r["variant"] == se_label}
+    plain = {r["seed"]: 100 * r[metric] for r in runs if r["variant"] == plain_label}
     seeds = sorted(se.keys() & plain.keys())
     if not seeds:
         return None
     diff = spread([se[s] - plain[s] for s in seeds])
-    diff.update(variant=se_label, baseline=plain_label, seeds=seeds)
+    diff.update(variant=se_label, baseline=plain_label, seeds=seeds, ci95=None)
+    if diff["n"] >= 2:
+        half = t_975(diff["n"] - 1) * diff["std"] / math.sqrt(diff["n"])
+        diff["ci95"] = [diff["mean"] - half, diff["mean"] + half]
     seed_spreads = [stats[label]["accuracy"]["std"] for label in (se_label, plain_label)]
     head = f"{se_label} minus {plain_label}: {diff['mean']:+.2f} points"
     if diff["n"] < 2:
@@ -310,15 +568,35 @@ def summarize(out):
             else:
                 unfinished.append(folder)
     labels = [v["label"] for v in experiment["variants"] if any(r["variant"] == v["label"] for r in runs)]
-    stats = {label: variant_stats([r for r in runs if r["variant"] == label]) for label in labels}
-    plain = [v["label"] for v in experiment["variants"] if v["label"] in stats and not v["model"].startswith("se_")]
-    diffs = [paired_difference(label, plain[0], runs, stats) for label in labels if plain and label not in plain]
-    results = dict(experiment, runs=runs, unfinished=unfinished, stats=stats, differences=[d for d in diffs if d])
+    metric = experiment.get("metric") or "test_acc"
+    stats = {label: variant_stats([r for r in runs if r["variant"] == label], metric) for label in labels}
+    if experiment.get("baseline"):
+        baselines = [experiment["baseline"]] if experiment["baseline"] in stats else []
+    else:  # the paper's comparisons: the plain model
+        baselines = [v["label"] for v in experiment["variants"]
+                     if v["label"] in stats and not v["model"].startswith("se_")]
+    diffs = [paired_difference(label, baselines[0], runs, stats, metric)
+             for label in labels if baselines and label != baselines[0]]
+    results = dict(experiment, runs=runs, unfinished=unfinished, stats=stats, differences=[d for d in diffs if d],
+                   time_ratio=time_ratio(runs))
     write_json(os.path.join(out, "results.json"), results)
     atomic_write(os.path.join(out, "results.md"), lambda f: f.write(results_markdown(results).encode()))
     if runs:
         plot_results(out, results)
     return results
+
+
+def time_ratio(runs):
+    """tinyse's training seconds over PyTorch's, for runs of both libraries: {"mean": ratio of the mean times,
+    "per_seed": {seed: ratio}}; None unless the runs include both."""
+    seconds = {library: {r["seed"]: r["train_seconds"] for r in runs if r.get("library", "tinyse") == library}
+               for library in ("tinyse", "torch")}
+    if not seconds["tinyse"] or not seconds["torch"]:
+        return None
+    per_seed = {seed: seconds["tinyse"][seed] / seconds["torch"][seed]
+                for seed in sorted(seconds["tinyse"].keys() & seconds["torch"].keys())}
+    mean = np.mean(list(seconds["tinyse"].values())) / np.mean(list(seconds["torch"].values()))
+    return {"mean": float(mean), "per_seed": per_seed}
 
 
 def plot_results(out, results):
@@ -328,20 +606,22 @@ def plot_results(out, results):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    metric = results.get("metric") or "test_acc"
     figure, axes = plt.subplots(figsize=(7, 4.5))
     for index, label in enumerate(results["stats"]):
         color = f"C{index}"
-        curves = [[100 * row["test_acc"] for row in train_module.read_metrics(run["folder"])]
-                  for run in results["runs"] if run["variant"] == label]
+        curves = [{row["epoch"]: 100 * row[metric] for row in epoch_rows(run["folder"]) if metric in row}
+                  for run in results["runs"] if run["variant"] == label]  # epochs without an evaluation left out
         for curve in curves:
-            axes.plot(range(1, len(curve) + 1), curve, color=color, alpha=0.35, linewidth=1)
-        mean = np.mean([curve[: min(map(len, curves))] for curve in curves], axis=0)
-        axes.plot(range(1, len(mean) + 1), mean, color=color, linewidth=2.5, marker="o",
-                  label=f"{label} ({len(curves)} seed{'s' if len(curves) > 1 else ''})")
+            axes.plot(list(curve), list(curve.values()), color=color, alpha=0.35, linewidth=1)
+        shared = sorted(set.intersection(*(set(curve) for curve in curves)))
+        axes.plot(shared, [np.mean([curve[e] for curve in curves]) for e in shared], color=color, linewidth=2.5,
+                  marker="o", label=f"{label} ({len(curves)} seed{'s' if len(curves) > 1 else ''})")
     recipe = results["runs"][0]["recipe"]
     images = f"{recipe['train_subset']:,}" if recipe["train_subset"] else "all"
     title = f"{results['name']}: {recipe['epochs']} epochs on {images} training images, {recipe['schedule']} lr"
-    axes.set(xlabel="epoch", ylabel="test accuracy (%)", title=title, xticks=range(1, recipe["epochs"] + 1))
+    ylabel = {"test_acc": "test accuracy (%)", "val_acc": "validation accuracy (%)"}[metric]
+    axes.set(xlabel="epoch", ylabel=ylabel, title=title, xticks=range(1, recipe["epochs"] + 1))
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
     figure.tight_layout()
@@ -355,42 +635,91 @@ def recipe_line(recipe):
     test = f"the first {recipe['test_subset']:,} test images" if recipe["test_subset"] else "all test images"
     val = f", {recipe['val_split']:,} held out for validation" if recipe["val_split"] else ""
     epochs = f"{recipe['epochs']} epoch{'s' if recipe['epochs'] != 1 else ''}"
-    return (f"Recipe: {recipe['dataset']}, {epochs}, {recipe['schedule']} schedule, "
-            f"lr {recipe['lr']}, batch {recipe['batch_size']}, on {subset}{val}; tested on {test}.")
+    extras = []
+    if recipe.get("nesterov"):
+        extras.append("Nesterov momentum")
+    if recipe.get("weight_decay") is not None:
+        extras.append(f"weight decay {recipe['weight_decay']:g}"
+                      + ("" if recipe.get("decay_norm_and_bias", True) else " (not on batch norm and biases)"))
+    if recipe.get("label_smoothing"):
+        extras.append(f"label smoothing {recipe['label_smoothing']:g}")
+    if recipe.get("ema"):
+        extras.append(f"EMA of the weights {recipe['ema']:g} per step")
+    if recipe.get("tta", "none") != "none":
+        extras.append(f"{recipe['tta']} TTA reported beside")
+    extras = "".join(f", {extra}" for extra in extras)
+    name = f" {recipe['recipe']} ({recipe['dataset']}, " if recipe.get("recipe") else f" {recipe['dataset']}, "
+    return (f"Recipe:{name}{epochs}, {recipe['schedule']} schedule, lr {recipe['lr']}, batch {recipe['batch_size']}"
+            f"{extras}{')' if recipe.get('recipe') else ''}, on {subset}{val}; tested on {test}.")
+
+
+TITLES = {
+    "compare": "{model} against se_{model}",
+    "recipe": "The fast recipe on {model}: each ingredient switched off in turn",
+    "se-vs-plain": "{model} against se_{model}, fast recipe",
+    "torch-check": "{model}, the same recipe in tinyse and in PyTorch",
+}
+METRIC_NAMES = {"test_acc": "test acc %", "val_acc": "val acc %"}
 
 
 def results_markdown(results):
     """results.md: the recipe, a row per variant, the paired differences with their reading, a row per run."""
     stats, runs = results["stats"], results["runs"]
-    model = results["model"]
-    title = f"{model} against se_{model}" if results["name"] == "compare" else f"SE {results['name']} on se_{model}"
+    model, metric = results["model"], results.get("metric") or "test_acc"
+    title = TITLES.get(results["name"], "SE {name} on se_{model}").format(model=model, name=results["name"])
     lines = [f"# {title}", ""]
     if runs:
         lines += [recipe_line(runs[0]["recipe"]), ""]
-    lines += [("Test accuracy after the last epoch, in %: mean ± sample std over seeds, and min – max; "
-               "train s: seconds in training steps (evaluation excluded), mean over seeds."), "",
-              "| variant | seeds | test acc % | min – max | error % | params | MACs | train s (mean) |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    if results["name"] == "recipe":
+        lines += ["Each variant but `fast` switches off the one ingredient its label names.", ""]
+    split = "validation" if metric == "val_acc" else "test"
+    extras = [(name, header) for name, header in
+              (("test_accuracy", "test acc %"), ("flip_tta", "flip TTA test %"), ("raw", "raw weights test %"))
+              if any(name in s for s in stats.values())]
+    lines += [(f"{split.capitalize()} accuracy after the last epoch, in %: mean ± sample std over seeds, and min – "
+               "max; train s: seconds in training steps (evaluation excluded), mean over seeds"
+               + ("; flip TTA: the mean logits of each test image and its mirror image; raw weights: the weights "
+                  "SGD trained, beside the run's own weights (their moving average, with --ema)" if extras else "")
+               + "."), "",
+              f"| variant | seeds | {METRIC_NAMES[metric]} | min – max | error % | params | MACs | train s (mean) |"
+              + "".join(f" {header} |" for _, header in extras),
+              "|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(extras)]
     for label, s in stats.items():
         a = s["accuracy"]
-        std = "" if a["std"] is None else f" ± {a['std']:.2f}"
-        lines.append(f"| {label} | {a['n']} | {a['mean']:.2f}{std} | {a['min']:.2f} – {a['max']:.2f} "
+        lines.append(f"| {label} | {a['n']} | {format_spread(a)} | {a['min']:.2f} – {a['max']:.2f} "
                      f"| {s['error']:.2f} | {s['params'] / 1e6:.3f} M | {s['macs'] / 1e6:.2f} M "
-                     f"| {s['train_seconds']:.0f} |")
+                     f"| {s['train_seconds']:.0f} |" + "".join(f" {format_spread(s[name]) if name in s else '–'} |"
+                                                              for name, _ in extras))
     if results["differences"]:
-        lines += ["", "## Minus the plain model, paired by seed (accuracy points)", "",
-                  "| variant | seeds | mean difference | std | min – max |", "|---|---:|---:|---:|---:|"]
+        baseline = results["differences"][0]["baseline"]
+        heading = "the plain model" if not results.get("baseline") else baseline
+        lines += ["", f"## Minus {heading}, paired by seed ({split} accuracy points)", "",
+                  "| variant | seeds | mean difference | std | min – max | 95% t-interval |",
+                  "|---|---:|---:|---:|---:|---:|"]
         for d in results["differences"]:
             std = "–" if d["std"] is None else f"{d['std']:.2f}"
+            interval = "–" if not d.get("ci95") else f"{d['ci95'][0]:+.2f} to {d['ci95'][1]:+.2f}"
             lines.append(f"| {d['variant']} − {d['baseline']} | {d['n']} | {d['mean']:+.2f} | {std} "
-                         f"| {d['min']:+.2f} – {d['max']:+.2f} |")
+                         f"| {d['min']:+.2f} – {d['max']:+.2f} | {interval} |")
         lines += [""] + [d["reading"] for d in results["differences"]]
-    lines += ["", "## Runs", "", "| variant | seed | test acc % | train s | folder |", "|---|---:|---:|---:|---|"]
-    lines += [f"| {r['variant']} | {r['seed']} | {100 * r['test_acc']:.2f} | {r['train_seconds']:.0f} "
-              f"| {r['folder']} |" for r in runs]
+    ratio = results.get("time_ratio")
+    if ratio:
+        per_seed = ", ".join(f"seed {seed}: {r:.2f}×" for seed, r in ratio["per_seed"].items())
+        threads = sorted({r["threads"] for r in runs if r.get("threads")})
+        lines += ["", f"Training time, tinyse / PyTorch: {ratio['mean']:.2f}× (mean seconds over seeds; {per_seed})"
+                  + (f", {' and '.join(map(str, threads))} thread(s) per run." if threads else ".")]
+    lines += ["", "## Runs", "", f"| variant | seed | {METRIC_NAMES[metric]} | test acc % | train s | folder |",
+              "|---|---:|---:|---:|---:|---|"]
+    lines += [f"| {r['variant']} | {r['seed']} | {100 * r[metric]:.2f} | {100 * r['test_acc']:.2f} "
+              f"| {r['train_seconds']:.0f} | {r['folder']} |" for r in runs]
     if results["unfinished"]:
         lines += ["", "Unfinished (not counted): " + ", ".join(results["unfinished"])]
     return "\n".join(lines) + "\n"
+
+
+def format_spread(a):
+    """"mean ± std" of a ``spread`` (just the mean for one value)."""
+    return f"{a['mean']:.2f}" + ("" if a["std"] is None else f" ± {a['std']:.2f}")
 
 
 # --- the command line -----------------------------------------------------------------------
@@ -412,14 +741,62 @@ def parse_args(argv=None):
     add("--data-dir", help="where CIFAR is (default: $TINYSE_DATA, else ~/.cache/tinyse/data)")
     add("--device", default="cpu", choices=("cpu", "gpu"))
     add("--no-progress", dest="progress", action="store_false", help="no progress bar, only lines")
+    add("--jobs", type=int, default=1,
+        help="runs at a time, each in its own process with cores / jobs threads (default 1: one run on every core)")
     commands.add_parser("compare", parents=[shared], help="the plain model against its SE twin")
     for option, values in ABLATIONS.items():
         sub = commands.add_parser(option, parents=[shared], help=f"SE with each {option}: {' '.join(values)}")
         sub.add_argument("--values", nargs="+", default=list(values), help=f"default {' '.join(values)}")
         sub.add_argument("--with-plain", action="store_true", help="also train the plain model, for reference")
+    for study, settings in STUDIES.items():
+        sub = commands.add_parser(study, help=STUDY_HELP[study])
+        add = sub.add_argument
+        add("--model", default=settings["model"],
+            help=f"{'the model family' if study == 'se-vs-plain' else 'the model'} (default {settings['model']})")
+        add("--seeds", type=int, nargs="+", default=list(settings["seeds"]),
+            help=f"default {' '.join(map(str, settings['seeds']))}")
+        budget = settings["budget"]
+        add("--epochs", type=int, help=f"default {budget.get('epochs', 'the recipe’s: 15')}")
+        add("--train-subset", type=int, help="train on N images only (default all)")
+        add("--test-subset", type=int, help="the first N test images (default all)")
+        add("--val-split", type=int, help=f"training images held out (default {budget.get('val_split', 0)})")
+        add("--batch-size", type=int, help="default the recipe's (128); scale --lr with it")
+        add("--lr", type=float, help="the peak lr (default the recipe's, 0.2)")
+        add("--eval-every", type=int, help=f"default {budget.get('eval_every', 'the recipe’s: 5')}")
+        add("--out", help=f"study folder (default docs/runs/{study})")
+        add("--data-dir", help="where CIFAR is (default: $TINYSE_DATA, else ~/.cache/tinyse/data)")
+        add("--device", default="cpu", choices=("cpu", "gpu"))
+        add("--no-progress", dest="progress", action="store_false", help="no progress bar, only lines")
+        add("--jobs", type=int, default=1,
+            help="runs at a time, each in its own process with cores / jobs threads (default 1)")
     summarize_parser = commands.add_parser("summarize", help="rebuild results.json and results.md, no training")
     summarize_parser.add_argument("folder")
     return parser.parse_args(argv)
+
+
+STUDY_HELP = {
+    "recipe": "the fast recipe and each ingredient switched off in turn (5 epochs, validation split)",
+    "se-vs-plain": "ResNet-20 against SE-ResNet-20 with the fast recipe, paired by seed",
+    "torch-check": "the fast recipe trained by tinyse and by PyTorch: accuracy and time",
+}
+
+
+def run_study(args):
+    """Run the study ``args.command`` (one of STUDIES) from its command line; returns (out, (stopped, results))."""
+    study = STUDIES[args.command]
+    recipe = dict(study["budget"], **{k: getattr(args, k) for k in STUDY_FLAGS if getattr(args, k) is not None})
+    out = args.out or os.path.join("docs", "runs", args.command)
+    if args.command == "se-vs-plain":
+        model, variants = plain_and_se(args.model)[0], compare_variants(args.model)
+        baseline = model
+    else:
+        if args.model not in models.list():
+            raise ValueError(f"unknown model {args.model!r}; known models: {', '.join(models.list())}")
+        model = args.model
+        variants = recipe_variants(model) if args.command == "recipe" else library_variants(model)
+        baseline = variants[0]["label"]
+    return out, run_experiment(args.command, model, variants, args.seeds, out, recipe, args.device, args.data_dir,
+                               args.progress, jobs=args.jobs, base={}, baseline=baseline, metric=study["metric"])
 
 
 def main(argv=None):
@@ -430,16 +807,19 @@ def main(argv=None):
             print(results_markdown(summarize(args.folder)))
             return
         module_for_device(args.device)  # a clear error now if the GPU is missing
-        if args.command == "compare":
-            variants = compare_variants(args.model)
+        if args.command in STUDIES:
+            out, (stopped, results) = run_study(args)
         else:
-            variants = ablation_variants(args.command, args.model, args.values, args.with_plain)
-        recipe = {k: getattr(args, k) for k in BUDGET}
-        recipe["train_subset"] = recipe["train_subset"] or None
-        family = plain_and_se(args.model)[0]
-        out = args.out or os.path.join("experiments", f"{args.command}-{family}")
-        stopped, results = run_experiment(args.command, family, variants, args.seeds, out, recipe, args.device,
-                                          args.data_dir, args.progress)
+            if args.command == "compare":
+                variants = compare_variants(args.model)
+            else:
+                variants = ablation_variants(args.command, args.model, args.values, args.with_plain)
+            recipe = {k: getattr(args, k) for k in BUDGET}
+            recipe["train_subset"] = recipe["train_subset"] or None
+            family = plain_and_se(args.model)[0]
+            out = args.out or os.path.join("experiments", f"{args.command}-{family}")
+            stopped, results = run_experiment(args.command, family, variants, args.seeds, out, recipe, args.device,
+                                              args.data_dir, args.progress, jobs=args.jobs)
     except (DataError, FileNotFoundError, FloatingPointError, RuntimeError, ValueError) as error:
         sys.exit(f"error: {error}")
     print(results_markdown(results))

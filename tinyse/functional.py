@@ -154,9 +154,13 @@ def batch_norm_relu(x, weight=None, bias=None, running_mean=None, running_var=No
     return fused.BatchNormReLU(_data(running_mean), _data(running_var), training, momentum, eps)(x, weight, bias)
 
 
-def cross_entropy(logits, labels):
-    """Mean softmax cross-entropy of logits (N, K) against integer labels (N,) (array or Tensor)."""
-    return loss.CrossEntropy(_data(labels))(logits)
+def cross_entropy(logits, labels, label_smoothing=0.0):
+    """Mean softmax cross-entropy of logits (N, K) against integer labels (N,) (array or Tensor).
+
+    ``label_smoothing`` eps in [0, 1] aims at (1 - eps) on the label and eps / K on every class, as
+    torch.nn.functional.cross_entropy's ``label_smoothing`` (the maths: ``tinyse.ops.loss.CrossEntropy``).
+    """
+    return loss.CrossEntropy(_data(labels), label_smoothing)(logits)
 
 
 # --- squeeze and excitation ---------------------------------------------------------------

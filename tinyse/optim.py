@@ -1,4 +1,4 @@
-"""The optimiser (SGD with momentum, PyTorch's semantics) and learning-rate schedules.
+"""The optimiser (SGD with momentum, PyTorch's semantics), learning-rate schedules, and an average of the weights.
 
 Training loop, one step::
 
@@ -6,6 +6,10 @@ Training loop, one step::
     optimizer.zero_grad()                                     # gradients accumulate until cleared
     loss.backward()
     optimizer.step()
+    ema.update(model)                                         # optional: the moving average of the weights
+
+``SGD(param_groups(model, weight_decay), ...)`` leaves batch norm's parameters and
+every bias out of the weight decay, as ``torch.optim.SGD`` does with two groups.
 
 ``SGD`` works on the raw arrays of each parameter (``p.data`` and ``p.grad``),
 NumPy or CuPy alike, and keeps their dtype: every hyperparameter is a Python
@@ -16,6 +20,7 @@ A schedule is a pure function of training progress ``epoch`` (completed epochs
 plus the fraction of the current one) that returns the learning rate; it keeps
 no state, so resuming a run needs only the epoch it stopped at.
 """
+import copy
 import math
 import re
 
@@ -37,6 +42,46 @@ def _check_hyperparameters(lr, momentum, nesterov, weight_decay):
         raise ValueError("nesterov=True needs a momentum > 0 (Nesterov's look-ahead is a momentum method)")
 
 
+def param_groups(named_parameters, weight_decay, decay_norm_and_bias=False):
+    """SGD's parameter groups: the weights with ``weight_decay``, batch norm's parameters and the biases without.
+
+    named_parameters: (name, parameter) pairs, e.g. ``model.named_parameters()`` (tinyse or torch: only
+    ``.ndim`` is read). The split is by shape: a 1-D parameter is a bias or a batch norm scale / shift
+    (a conv or linear weight has 2 or more axes). Decaying those towards 0 does not regularise the
+    function (batch norm undoes a scale of the weights before it) but shrinks the scales the network
+    needs; leaving them out is the usual practice (Goyal et al. 2017, "Accurate, Large Minibatch SGD",
+    sec. 5.1; timm's ``param_groups_weight_decay``).
+
+    Returns [{"params": [...], "weight_decay": weight_decay}, {"params": [...], "weight_decay": 0.0}],
+    the format ``SGD`` and ``torch.optim.SGD`` both take (an empty group is left out);
+    with ``decay_norm_and_bias`` one group of every parameter with ``weight_decay``.
+    """
+    named_parameters = list(named_parameters)
+    if decay_norm_and_bias:
+        return [{"params": [p for _, p in named_parameters], "weight_decay": float(weight_decay)}]
+    decay = [p for _, p in named_parameters if p.ndim > 1]
+    no_decay = [p for _, p in named_parameters if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": float(weight_decay)}, {"params": no_decay, "weight_decay": 0.0}]
+    return [group for group in groups if group["params"]]
+
+
+def _group_list(params, weight_decay):
+    """``params`` as a list of groups ({"params": [...], "weight_decay": float}), as torch normalises them."""
+    params = list(params)
+    if not params or not isinstance(params[0], dict):
+        return [{"params": params, "weight_decay": weight_decay}]
+    groups = []
+    for index, group in enumerate(params):
+        if not isinstance(group, dict) or "params" not in group:
+            raise TypeError(f"SGD: parameter group {index} must be a dict with a 'params' list, got {group!r}")
+        unknown = sorted(group.keys() - {"params", "weight_decay"})
+        if unknown:
+            raise ValueError(f"SGD: parameter group {index} has settings {unknown}; a group may set only "
+                             "'weight_decay' (lr, momentum and nesterov are the optimiser's)")
+        groups.append({"params": list(group["params"]), "weight_decay": float(group.get("weight_decay", weight_decay))})
+    return groups
+
+
 class SGD:
     """Stochastic gradient descent with momentum and weight decay, as torch.optim.SGD (dampening 0).
 
@@ -51,16 +96,21 @@ class SGD:
     whose ``.grad`` is None are skipped, buffer and all, as in torch.
 
     Inputs:
-        params: Tensors (e.g. ``model.parameters()``), each with ``.data`` and ``.grad`` raw arrays
+        params: Tensors (e.g. ``model.parameters()``), each with ``.data`` and ``.grad`` raw arrays; or, as in
+            torch, a list of parameter groups ``{"params": [...], "weight_decay": wd}`` (``param_groups``
+            makes them), each group with its own weight decay (a group without one takes ``weight_decay``)
         lr: learning rate; a plain attribute, which the training loop sets from a schedule each step
         momentum, nesterov, weight_decay: as above
 
     ``p.data`` and the momentum buffers are updated in place and keep their
-    dtype and device.
+    dtype and device. ``self.params`` lists every parameter, group after group; a momentum buffer
+    is known by its parameter's position in that list.
     """
 
     def __init__(self, params, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
-        self.params = list(params)
+        lr, momentum, nesterov, weight_decay = float(lr), float(momentum), bool(nesterov), float(weight_decay)
+        self.param_groups = _group_list(params, weight_decay)
+        self.params = [p for group in self.param_groups for p in group["params"]]
         if not self.params:
             raise ValueError("SGD got an empty parameter list")
         for index, p in enumerate(self.params):
@@ -68,8 +118,9 @@ class SGD:
                 raise TypeError(f"SGD can only optimise Tensors, but parameter {index} is a {type(p).__name__}")
         if len({id(p) for p in self.params}) != len(self.params):
             raise ValueError("SGD got the same parameter twice (it would be updated twice per step)")
-        lr, momentum, nesterov, weight_decay = float(lr), float(momentum), bool(nesterov), float(weight_decay)
         _check_hyperparameters(lr, momentum, nesterov, weight_decay)
+        for group in self.param_groups:
+            _check_hyperparameters(lr, momentum, nesterov, group["weight_decay"])
         self.lr = lr
         self.momentum = momentum
         self.nesterov = nesterov
@@ -77,10 +128,16 @@ class SGD:
         self.momentum_buffers = [None] * len(self.params)  # one per parameter, made on its first step
 
     def __repr__(self):
+        groups = "" if len(self.param_groups) == 1 else (
+            ", groups=" + str([(len(g["params"]), g["weight_decay"]) for g in self.param_groups]))
         return (
             f"SGD(lr={self.lr}, momentum={self.momentum}, nesterov={self.nesterov}, "
-            f"weight_decay={self.weight_decay}, parameters={len(self.params)})"
+            f"weight_decay={self.weight_decay}, parameters={len(self.params)}{groups})"
         )
+
+    def weight_decays(self):
+        """The weight decay of each parameter, in ``self.params`` order (its group's)."""
+        return [group["weight_decay"] for group in self.param_groups for _ in group["params"]]
 
     def zero_grad(self):
         """Clear every parameter's gradient (backward() adds to ``.grad`` until it is cleared)."""
@@ -90,10 +147,10 @@ class SGD:
     def step(self):
         """Update every parameter that has a gradient, in place (see the class docstring for the math)."""
         # float(): a schedule may hand back an np.float64, which would turn float32 arrays into float64
-        lr, momentum, weight_decay = float(self.lr), float(self.momentum), float(self.weight_decay)
+        lr, momentum = float(self.lr), float(self.momentum)
         if lr < 0:
             raise ValueError(f"invalid learning rate {lr}: it must be >= 0")
-        for index, p in enumerate(self.params):
+        for index, (p, weight_decay) in enumerate(zip(self.params, self.weight_decays())):
             if p.grad is None:
                 continue
             get_array_module(p.data, p.grad)  # fails clearly when the gradient lives on another device
@@ -118,6 +175,8 @@ class SGD:
             "lr", "momentum", "weight_decay"   Python floats
             "nesterov"                         Python bool
             "num_params"                       Python int: how many parameters this optimiser has
+            "group_sizes"                      int64 array: the number of parameters in each group
+            "group_weight_decays"              float64 array: the weight decay of each group
             "momentum_buffer.<i>"              NumPy copy of the momentum buffer of parameter i
                                                (i = position in ``params``); present only for the
                                                parameters that have one (momentum > 0 and at least
@@ -132,6 +191,8 @@ class SGD:
             "nesterov": bool(self.nesterov),
             "weight_decay": float(self.weight_decay),
             "num_params": len(self.params),
+            "group_sizes": np.array([len(g["params"]) for g in self.param_groups], dtype=np.int64),
+            "group_weight_decays": np.array([g["weight_decay"] for g in self.param_groups], dtype=np.float64),
         }
         for index, buf in enumerate(self.momentum_buffers):
             if buf is not None:
@@ -145,12 +206,15 @@ class SGD:
         The parameters must be the same, in the same order: the number of them and the shape of each
         buffer are checked before anything is changed. Each buffer is copied onto its parameter's
         device and dtype. Parameters with no saved buffer start a fresh one on their next step.
+        The groups must have the same sizes; their weight decays are restored. A state dict without
+        groups (tinyse before parameter groups) is one group, with its ``weight_decay``.
         """
         state = dict(state)
         scalar_keys = ("lr", "momentum", "nesterov", "weight_decay", "num_params")
+        group_keys = ("group_sizes", "group_weight_decays")
         buffer_keys = {key: int(key.split(".")[1]) for key in state if re.fullmatch(r"momentum_buffer\.\d+", key)}
         missing = [key for key in scalar_keys if key not in state]
-        unexpected = sorted(state.keys() - set(scalar_keys) - buffer_keys.keys())
+        unexpected = sorted(state.keys() - set(scalar_keys) - set(group_keys) - buffer_keys.keys())
         if missing or unexpected:
             raise KeyError(f"not an SGD state dict: missing keys {missing}, unexpected keys {unexpected}")
 
@@ -169,8 +233,18 @@ class SGD:
         lr, momentum = float(state["lr"]), float(state["momentum"])
         nesterov, weight_decay = bool(state["nesterov"]), float(state["weight_decay"])
         _check_hyperparameters(lr, momentum, nesterov, weight_decay)
+        sizes = [int(n) for n in np.atleast_1d(state.get("group_sizes", [count]))]
+        decays = [float(d) for d in np.atleast_1d(state.get("group_weight_decays", [weight_decay]))]
+        own_sizes = [len(group["params"]) for group in self.param_groups]
+        if sizes != own_sizes or len(decays) != len(sizes):
+            raise ValueError(f"the state dict has parameter groups of sizes {sizes}, but this optimiser's "
+                             f"groups have sizes {own_sizes}")
+        for decay in decays:
+            _check_hyperparameters(lr, momentum, nesterov, decay)
 
         self.lr, self.momentum, self.nesterov, self.weight_decay = lr, momentum, nesterov, weight_decay
+        for group, decay in zip(self.param_groups, decays):
+            group["weight_decay"] = decay
         self.momentum_buffers = [None] * len(self.params)
         for key, index in buffer_keys.items():
             p = self.params[index].data
@@ -220,7 +294,30 @@ def warmup(lr, epoch, warmup_epochs, start_factor=0.1):
     return float(lr) * (start_factor + (1.0 - start_factor) * progress)
 
 
-SCHEDULES = ("step", "cosine", "constant")
+def one_cycle_lr(peak_lr, epoch, total_epochs, warmup_epochs, div_factor=25.0):
+    """One cycle (Smith & Topin 2019, "Super-Convergence"): up in a straight line, then down in one.
+
+        lr(epoch) = peak/div + (peak - peak/div) * epoch / warmup_epochs          for epoch < warmup_epochs
+        lr(epoch) = peak * (total_epochs - epoch) / (total_epochs - warmup_epochs)  after, down to 0 at the end
+
+    A triangle: from ``peak_lr / div_factor`` (the first step, e.g. 0.2 / 25 = 0.008) to ``peak_lr`` at
+    ``warmup_epochs``, then a linear decay that reaches 0 at ``total_epochs``, the end of the last step;
+    the last step itself runs at about peak / (steps after the warm-up). The rise lets the large
+    peak lr be reached without the first steps blowing up; the long fall anneals the weights into a
+    minimum. Linear on both sides, this is ``torch.optim.lr_scheduler.OneCycleLR`` with
+    ``anneal_strategy="linear"`` and ``final_div_factor=inf``, where torch counts steps 0..T-1 and
+    ends its warm-up at step pct_start*T - 1: with S steps per epoch, torch's lr at step i is this
+    function at epoch i / S when T = total_epochs*S + 1 and pct_start = (warmup_epochs*S + 1) / T.
+    ``warmup_epochs`` 0 starts at the peak. Beyond ``total_epochs`` the lr stays 0.
+    """
+    peak_lr = float(peak_lr)
+    if epoch < warmup_epochs:
+        start = peak_lr / div_factor
+        return start + (peak_lr - start) * epoch / warmup_epochs
+    return peak_lr * (max(0.0, total_epochs - epoch) / (total_epochs - warmup_epochs))
+
+
+SCHEDULES = ("step", "cosine", "constant", "onecycle")
 
 
 class Schedule:
@@ -228,18 +325,22 @@ class Schedule:
 
     ``schedule(epoch) = warmup(main(epoch), epoch, warmup_epochs)``: the warm-up factor multiplies
     the main schedule, which is "step" (``step_lr``), "cosine" (``cosine_lr`` down to 0) or
-    "constant" (base_lr throughout).
+    "constant" (base_lr throughout). "onecycle" (``one_cycle_lr``, base_lr its peak) has its warm-up
+    built in, from base_lr / div_factor.
     """
 
-    def __init__(self, name, base_lr, total_epochs, milestones, gamma, warmup_epochs):
+    def __init__(self, name, base_lr, total_epochs, milestones, gamma, warmup_epochs, div_factor=25.0):
         self.name = name
         self.base_lr = base_lr
         self.total_epochs = total_epochs
         self.milestones = milestones
         self.gamma = gamma
         self.warmup_epochs = warmup_epochs
+        self.div_factor = div_factor
 
     def __call__(self, epoch):
+        if self.name == "onecycle":
+            return one_cycle_lr(self.base_lr, epoch, self.total_epochs, self.warmup_epochs, self.div_factor)
         if self.name == "step":
             lr = step_lr(self.base_lr, epoch, self.milestones, self.gamma)
         elif self.name == "cosine":
@@ -250,18 +351,21 @@ class Schedule:
 
     def __repr__(self):
         milestones = f", milestones={self.milestones}, gamma={self.gamma}" if self.name == "step" else ""
+        div = f", div_factor={self.div_factor}" if self.name == "onecycle" else ""
         return (
             f"Schedule({self.name!r}, base_lr={self.base_lr}, total_epochs={self.total_epochs}"
-            f"{milestones}, warmup_epochs={self.warmup_epochs})"
+            f"{milestones}, warmup_epochs={self.warmup_epochs}{div})"
         )
 
 
-def make_schedule(name, base_lr, total_epochs, milestones=None, gamma=0.1, warmup_epochs=0):
-    """The schedule ``name`` ("step", "cosine" or "constant") as a function epoch -> lr.
+def make_schedule(name, base_lr, total_epochs, milestones=None, gamma=0.1, warmup_epochs=0, div_factor=25.0):
+    """The schedule ``name`` ("step", "cosine", "constant" or "onecycle") as a function epoch -> lr.
 
     For "step", ``milestones`` default to 50% and 75% of ``total_epochs``, rounded half up to whole
     epochs (He et al.'s CIFAR recipe: e.g. 82 and 123 of 164 epochs); the other schedules take none.
-    ``warmup_epochs`` > 0 adds a linear warm-up (see ``warmup``) in front of any of them.
+    ``warmup_epochs`` > 0 adds a linear warm-up (see ``warmup``) in front of step, cosine and constant;
+    for "onecycle" it is the rise from ``base_lr / div_factor`` to the peak ``base_lr`` (``one_cycle_lr``),
+    and must be shorter than the run.
     """
     if name not in SCHEDULES:
         raise ValueError(f"unknown schedule {name!r}: choose one of {', '.join(repr(s) for s in SCHEDULES)}")
@@ -280,4 +384,89 @@ def make_schedule(name, base_lr, total_epochs, milestones=None, gamma=0.1, warmu
         milestones = sorted(milestones)
     elif milestones is not None:
         raise ValueError(f"milestones apply only to the 'step' schedule, not to {name!r}")
-    return Schedule(name, base_lr, total_epochs, milestones, gamma, warmup_epochs)
+    if name == "onecycle":
+        if warmup_epochs >= total_epochs:
+            raise ValueError(f"onecycle: warmup_epochs ({warmup_epochs}) must be shorter than the run "
+                             f"({total_epochs} epochs)")
+        if not div_factor >= 1:
+            raise ValueError(f"onecycle: div_factor must be >= 1 (the start is peak / div_factor), got {div_factor}")
+    return Schedule(name, base_lr, total_epochs, milestones, gamma, warmup_epochs, float(div_factor))
+
+
+# --- the moving average of the weights -----------------------------------------------------------
+def ema_decay(decay, step):
+    """The weight of the old average at update ``step`` (1, 2, ...) of ``ModelEMA``:
+
+        beta_t = decay * (1 - decay^(t-1)) / (1 - decay^t)
+
+    0 at the first update (the average becomes the weights), rising to ``decay``. With it the average
+    after t updates is sum_s decay^(t-s) * w_s / sum_s decay^(t-s) over s = 1..t: each step's weights
+    w_s weighed by decay^age, normalised to sum to 1 (the bias correction of Adam, Kingma & Ba 2015).
+    """
+    if step < 1:
+        raise ValueError(f"ema_decay: updates count from 1, got {step}")
+    return decay * (1.0 - decay ** (step - 1)) / (1.0 - decay**step)
+
+
+class ModelEMA:
+    """An exponential moving average of a model's weights and batch-norm statistics, updated after every step.
+
+        average_t = beta_t * average_{t-1} + (1 - beta_t) * weights_t,   beta_t = ema_decay(decay, t)
+
+    Every floating array of the model's state is averaged: the parameters and batch norm's running
+    mean and variance, as timm's ``ModelEmaV2`` and ``torch.optim.swa_utils.AveragedModel(use_buffers=True)``
+    do: the averaged weights are evaluated with averaged statistics. (Recomputing the statistics for
+    the averaged weights, as SWA's ``update_bn`` does, would cost a pass over the training set at every
+    evaluation.) Integer state (``num_batches_tracked``) is copied.
+
+    Why the bias correction (``ema_decay``): timm and torch start the average as a copy of the initial
+    weights and then use ``decay`` itself, so after the first epoch of a 15-epoch run at decay 0.999
+    (391 steps) the random initial weights still weigh 0.999^391 = 68%: the average is mostly the
+    untrained network. Here they weigh nothing, and the average follows training from the first epoch.
+    After a few thousand steps the two agree (decay^t -> 0).
+
+    decay: per step; the average spans about 1 / (1 - decay) steps (0.999: 1,000 steps, 2.6 epochs of
+    CIFAR-10 at batch 128; at another batch size the same span in epochs takes another decay).
+    ``self.model`` is a copy of the model holding the average: evaluate it, save it
+    (``state_dict``), never train it.
+    """
+
+    def __init__(self, model, decay):
+        decay = float(decay)
+        if not 0 < decay < 1:
+            raise ValueError(f"EMA decay must be in (0, 1), got {decay}")
+        self.decay, self.steps = decay, 0
+        self.model = copy.deepcopy(model).eval()
+
+    def __repr__(self):
+        return f"ModelEMA(decay={self.decay}, steps={self.steps})"
+
+    def update(self, model):
+        """Fold the weights of ``model`` (the one being trained) into the average, in place."""
+        self.steps += 1
+        beta = ema_decay(self.decay, self.steps)
+        for average, current in zip(_state_arrays(self.model), _state_arrays(model)):
+            if average.dtype.kind == "f":
+                average *= beta
+                average += (1.0 - beta) * current
+            else:
+                average[...] = current
+
+    def state_dict(self):
+        """{"decay", "steps", "model/<key>" for every entry of the average model's state_dict()}."""
+        state = {"decay": self.decay, "steps": self.steps}
+        state.update({f"model/{k}": v for k, v in self.model.state_dict().items()})
+        return state
+
+    def load_state_dict(self, state):
+        state = dict(state)
+        if "steps" not in state or "decay" not in state:
+            raise KeyError(f"not a ModelEMA state dict: keys {sorted(state)[:5]}...")
+        self.decay, self.steps = float(state["decay"]), int(state["steps"])
+        self.model.load_state_dict({k[len("model/"):]: v for k, v in state.items() if k.startswith("model/")})
+        return self
+
+
+def _state_arrays(model):
+    """The raw arrays of a model's parameters, then its buffers, in a fixed order (two copies of one model agree)."""
+    return [p.data for _, p in model.named_parameters()] + [b for _, b in model.named_buffers()]

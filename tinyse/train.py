@@ -1,24 +1,48 @@
 """Train a model on CIFAR-10 or CIFAR-100: ``python -m tinyse.train``.
 
-    python -m tinyse.train                                   # SE-ResNet-20 on CIFAR-10, He et al.'s recipe
+    python -m tinyse.train --recipe fast                     # SE-ResNet-20, 15 epochs: the CPU recipe
+    python -m tinyse.train                                   # He et al.'s recipe (164 epochs: a GPU's job)
+    python -m tinyse.train --recipe fast --ema 0 --val-split 5000   # one ingredient off, a validation split
     python -m tinyse.train --model resnet20 --epochs 30 --schedule cosine --device gpu
     python -m tinyse.train --train-subset 5000 --epochs 3    # a quick run
     python -m tinyse.train --resume runs/se_resnet20         # continue an interrupted run exactly
 
-The recipe by default is He et al.'s for CIFAR (the SE paper's CIFAR baseline):
-batch 128, SGD with momentum 0.9, weight decay 1e-4, lr 0.1 divided by 10 at
-50% and 75% of training, random crops (4-pixel padding) and horizontal flips.
+Two recipes (``--recipe``), each a set of defaults that every flag still overrides:
+
+    ingredient                  he (default)            fast                       flag
+    epochs                      164                     15                         --epochs
+    batch                       128                     128                        --batch-size
+    learning rate               0.1                     0.2 (the peak)             --lr
+    schedule                    step: /10 at 50%, 75%   onecycle: 20% up, linear   --schedule, --warmup-epochs,
+                                                        to 0 (Smith & Topin 2019)  --div-factor
+    momentum                    0.9                     0.9, Nesterov              --momentum, --[no-]nesterov
+    weight decay                1e-4, on everything     5e-4, not on batch norm    --weight-decay,
+                                                        and biases                 --[no-]decay-norm-and-bias
+    label smoothing             0                       0.1                        --label-smoothing
+    moving average (EMA)        none                    0.999 per step             --ema (0: none)
+    test-time flip              no                      reported beside            --tta
+    validation split            5,000                   0 (train on all 50,000)    --val-split
+    evaluate every              epoch                   5 epochs (and the last)    --eval-every
+
+He et al.'s recipe is the SE paper's CIFAR baseline (64k iterations; random crops with 4-pixel
+padding and horizontal flips, as in both recipes). The fast one reaches its accuracy in a tenth of
+the epochs. ``--lr`` is the learning rate at the batch you give: at another batch than 128, scale
+it yourself (Goyal et al. 2017's linear rule: lr * B / 128).
 
 The run folder (``--out``) receives:
-    config.json      every setting of the run
-    metrics.jsonl    one JSON line per epoch (lr, train / validation / test loss and accuracy, seconds)
-    last.npz         the latest state (weights, optimiser, progress); written at every epoch and on Ctrl-C
+    config.json      every setting of the run (the recipe resolved)
+    metrics.jsonl    one JSON line per epoch (lr, train loss and accuracy, seconds; on evaluated epochs the
+                     validation / test loss and accuracy, see ``finish_epoch`` for the keys)
+    last.npz         the latest state (weights, optimiser, EMA, progress); written at every epoch and on Ctrl-C
     best.npz         the weights with the best validation accuracy (needs --val-split > 0)
     curves.png       loss and accuracy against epoch
+With ``--ema`` the run's weights are the moving average: ``test_acc`` is the average's accuracy and
+``python -m tinyse.evaluate`` evaluates it; the weights SGD trained are scored beside (``raw_test_acc``).
 Everything random is a function of ``--seed`` (initial weights) and of (seed,
 epoch, batch) for the data order and augmentation, so ``--resume`` continues
 exactly where the run stopped, and on the CPU ends with the same weights as
-a run that was never interrupted.
+a run that was never interrupted (with the same number of threads: the batch is
+split across them, and float sums depend on the split).
 """
 import argparse
 import json
@@ -34,41 +58,76 @@ import numpy as np
 import tinyse.functional as F
 from tinyse import models
 from tinyse.backend import module_for_device
-from tinyse.checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from tinyse.checkpoint import atomic_write, load_checkpoint, load_ema, save_checkpoint
 from tinyse.data import BatchLoader, DataError, load_cifar, random_stream, split_validation
 from tinyse.memory import keep_freed_memory
 from tinyse.models import se_options
 from tinyse.nn import manual_seed
 from tinyse.nn.se import SQUEEZES
 from tinyse.ops.se import GATES
-from tinyse.optim import SGD, make_schedule
-from tinyse.progress import Progress
-from tinyse.tensor import no_grad
+from tinyse.optim import SCHEDULES, SGD, ModelEMA, make_schedule, param_groups
+from tinyse.parallel import workers
+from tinyse.progress import Progress, RunTiming, format_duration
+from tinyse.tensor import Tensor, no_grad
 
 SE_OPTIONS = ("reduction", "squeeze", "excitation", "integration", "stages")
 
+# The recipes: the defaults of the settings below, each overridden by its own flag (see the docstring's table).
+RECIPES = {
+    "he": {"epochs": 164, "batch_size": 128, "lr": 0.1, "schedule": "step", "momentum": 0.9, "nesterov": False,
+           "weight_decay": 1e-4, "decay_norm_and_bias": True, "label_smoothing": 0.0, "ema": 0.0, "tta": "none",
+           "val_split": 5000, "eval_every": 1},
+    "fast": {"epochs": 15, "batch_size": 128, "lr": 0.2, "schedule": "onecycle", "momentum": 0.9, "nesterov": True,
+             "weight_decay": 5e-4, "decay_norm_and_bias": False, "label_smoothing": 0.1, "ema": 0.999, "tta": "flip",
+             "val_split": 0, "eval_every": 5},
+}
+ONECYCLE_WARMUP = 0.2  # --schedule onecycle rises over this fraction of the epochs unless --warmup-epochs says
+# Settings a config saved before they existed did not have: their value then, so old runs resume unchanged.
+BEFORE_RECIPES = {"recipe": "he", "library": "tinyse", "decay_norm_and_bias": True, "label_smoothing": 0.0,
+                  "ema": 0.0, "tta": "none", "eval_every": 1, "div_factor": 25.0}
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m tinyse.train", description=__doc__.split("\n\n")[0])
+
+def parse_args(argv=None, prog="python -m tinyse.train"):
+    """The command line; settings a recipe decides are None until ``resolve_recipe`` fills them.
+    (``tinyse.bench.train_torch`` takes the same flags, under its own ``prog``.)"""
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     add = parser.add_argument
+    add("--recipe", default="he", choices=tuple(RECIPES),
+        help="the defaults: he (He et al., 164 epochs: the GPU recipe; the default) or fast (15 epochs: the CPU "
+             "recipe); every flag below overrides its own setting")
     add("--model", default="se_resnet20", help="a name from `python -m tinyse.models` (default se_resnet20)")
     add("--dataset", default="cifar10", choices=("cifar10", "cifar100"))
-    add("--epochs", type=int, default=164, help="default 164: He et al.'s 64k iterations at batch 128")
-    add("--batch-size", type=int, default=128)
-    add("--lr", type=float, default=0.1)
-    add("--momentum", type=float, default=0.9)
-    add("--nesterov", action="store_true")
-    add("--weight-decay", type=float, default=1e-4)
-    add("--schedule", default="step", choices=("step", "cosine", "constant"))
+    add("--epochs", type=int, help="he 164 (He et al.'s 64k iterations at batch 128), fast 15")
+    add("--batch-size", type=int, help="128; at another batch scale --lr with it (lr * B / 128)")
+    add("--lr", type=float, help="the learning rate (onecycle: its peak): he 0.1, fast 0.2")
+    add("--schedule", choices=SCHEDULES, help="he step, fast onecycle")
     add("--milestones", type=int, nargs="*",
         help="epochs where the step schedule divides the lr by 10 (default 50%% and 75%%)")
-    add("--warmup-epochs", type=float, default=0.0)
+    add("--warmup-epochs", type=float,
+        help=f"onecycle: the rise from lr / --div-factor to lr (default {100 * ONECYCLE_WARMUP:.0f}%% of the epochs); "
+             "other schedules: a linear warm-up from lr / 10 (default 0)")
+    add("--div-factor", type=float, default=25.0, help="onecycle starts at lr / this (default 25)")
+    add("--momentum", type=float, help="0.9")
+    add("--nesterov", action=argparse.BooleanOptionalAction, help="Nesterov momentum (he: no, fast: yes)")
+    add("--weight-decay", type=float, help="he 1e-4, fast 5e-4")
+    add("--decay-norm-and-bias", action=argparse.BooleanOptionalAction,
+        help="weight decay on batch norm's parameters and the biases too (he: yes; fast: no, only on the "
+             "conv and linear weights)")
+    add("--label-smoothing", type=float, metavar="EPS", help="he 0, fast 0.1")
+    add("--ema", type=float, metavar="DECAY",
+        help="evaluate and keep a moving average of the weights, this decay per step (he 0: none; fast 0.999)")
+    add("--tta", choices=("none", "flip"),
+        help="flip: also report the accuracy of the mean logits of each image and its mirror image, beside "
+             "the single-crop accuracy (he none, fast flip)")
+    add("--val-split", type=int, help="training images held out to choose best.npz (he 5000, fast 0)")
+    add("--eval-every", type=int, metavar="N",
+        help="evaluate every N epochs and after the last (he 1, fast 5: with --ema and --tta flip an evaluation "
+             "is three passes over the test set)")
     add("--device", default="cpu", choices=("cpu", "gpu"))
     add("--data-dir", help="where CIFAR is, or will be downloaded (default: $TINYSE_DATA, else ~/.cache/tinyse/data)")
     add("--seed", type=int, default=0)
     add("--out", help="run folder (default runs/MODEL-DATASET-seedSEED)")
     add("--resume", metavar="DIR", help="continue the run in DIR from its last.npz (its settings are used)")
-    add("--val-split", type=int, default=5000, help="training images held out to choose best.npz (default 5000)")
     add("--train-subset", type=int, help="train on this many images only (a quick run)")
     add("--test-subset", type=int, help="evaluate on the first N test images only")
     add("--no-augment", dest="augment", action="store_false", help="no random crops or flips")
@@ -80,6 +139,56 @@ def parse_args(argv=None):
     add("--integration", choices=se_options.INTEGRATIONS)
     add("--stages", type=int, nargs="+", choices=(1, 2, 3), help="the stages that get SE (default all: 1 2 3)")
     return parser.parse_args(argv)
+
+
+def resolve_recipe(settings):
+    """Fill every setting left None with its recipe's default (in place; returns ``settings``, a dict).
+
+    The one-cycle warm-up defaults to ONECYCLE_WARMUP of the epochs (3 of 15), any other schedule's to 0.
+    Raises ValueError for settings no run could use.
+    """
+    for key, value in RECIPES[settings["recipe"]].items():
+        if settings.get(key) is None:
+            settings[key] = value
+    if settings.get("warmup_epochs") is None:
+        settings["warmup_epochs"] = ONECYCLE_WARMUP * settings["epochs"] if settings["schedule"] == "onecycle" else 0.0
+    if not 0 <= settings["ema"] < 1:
+        raise ValueError(f"--ema must be in [0, 1) (0: no moving average), got {settings['ema']}")
+    if not 0 <= settings["label_smoothing"] <= 1:
+        raise ValueError(f"--label-smoothing must be in [0, 1], got {settings['label_smoothing']}")
+    if settings["eval_every"] < 1:
+        raise ValueError(f"--eval-every must be >= 1, got {settings['eval_every']}")
+    return settings
+
+
+def describe_recipe(config):
+    """The resolved recipe as lines for the start of a run: ingredient, value."""
+    schedule = config["schedule"]
+    if schedule == "onecycle":
+        schedule += f": {config['warmup_epochs']:g} epochs up from lr / {config['div_factor']:g}, then linear to 0"
+    else:
+        if schedule == "step":
+            milestones = make_schedule("step", 1.0, config["epochs"], config["milestones"]).milestones
+            schedule += f": /10 at epochs {', '.join(map(str, milestones))}"
+        if config["warmup_epochs"]:
+            schedule += f", {config['warmup_epochs']:g} warm-up epochs"
+    momentum = f"{'Nesterov ' if config['nesterov'] else ''}momentum {config['momentum']:g}"
+    decay = f"{config['weight_decay']:g}" + ("" if config["decay_norm_and_bias"] else ", not on batch norm and biases")
+    images = f"{config['train_subset']:,} training images" if config["train_subset"] else "every training image"
+    held_out = f" ({config['val_split']:,} held out for validation)" if config["val_split"] else ""
+    rows = [
+        ("model", f"{config['model']} on {config['dataset']}, seed {config['seed']}, {config['device']}"),
+        ("training", f"{config['epochs']} epochs on {images}{held_out}, batch {config['batch_size']}"),
+        ("learning rate", f"{config['lr']:g}, {schedule}"),
+        ("optimiser", f"SGD, {momentum}, weight decay {decay}"),
+        ("label smoothing", f"{config['label_smoothing']:g}"),
+        ("weight average", f"EMA, decay {config['ema']:g} per step" if config["ema"] else "none"),
+        ("test-time aug.", "flip, reported beside the single crop" if config["tta"] == "flip" else "none"),
+        ("evaluation", "every epoch" if config["eval_every"] == 1 else
+         f"every {config['eval_every']} epochs and after the last"),
+    ]
+    return [f"recipe {config['recipe']!r} (each setting overridable by its flag):"] + [
+        f"  {name:<16} {value}" for name, value in rows]
 
 
 # --- building the pieces ---------------------------------------------------------------------
@@ -116,24 +225,49 @@ def build_data(config):
     return data, loaders
 
 
-def evaluate(model, loader):
-    """(mean loss, accuracy) of ``model`` in eval mode over every batch of ``loader``."""
+def build_optimizer(config, model):
+    """SGD with the config's momentum, Nesterov and weight decay (not on batch norm and biases unless
+    ``decay_norm_and_bias``: ``tinyse.optim.param_groups``)."""
+    groups = param_groups(model.named_parameters(), config["weight_decay"], config["decay_norm_and_bias"])
+    return SGD(groups, config["lr"], config["momentum"], config["nesterov"], config["weight_decay"])
+
+
+def flip_images(images):
+    """A batch mirrored left-right: Tensor (B, C, H, W) -> Tensor (B, C, H, W), a new contiguous array."""
+    return Tensor(images.data[..., ::-1].copy())
+
+
+def evaluate(model, loader, tta=False):
+    """{"loss", "acc"} of ``model`` in eval mode over every batch of ``loader``; with ``tta`` also "acc_flip_tta".
+
+    loss: the mean cross-entropy (no label smoothing, whatever the training used). acc_flip_tta: the
+    accuracy of the mean of the logits of each image and of its mirror image (one more forward per batch);
+    the single-crop numbers are never replaced by it. The model's train / eval mode is restored after.
+    """
+    was_training = model.training
     model.eval()
-    loss_sum, correct, seen = 0.0, 0, 0
+    loss_sum, correct, correct_tta, seen = 0.0, 0, 0, 0
     with no_grad():
         for images, labels in loader.batches(0):
             logits = model(images)
             loss_sum += F.cross_entropy(logits, labels).item() * len(labels)
             correct += int((logits.data.argmax(axis=1) == labels).sum())
+            if tta:
+                mean_logits = (logits.data + model(flip_images(images)).data) / 2
+                correct_tta += int((mean_logits.argmax(axis=1) == labels).sum())
             seen += len(labels)
-    model.train()
-    return loss_sum / seen, correct / seen
+    model.train(was_training)
+    result = {"loss": loss_sum / seen, "acc": correct / seen}
+    if tta:
+        result["acc_flip_tta"] = correct_tta / seen
+    return result
 
 
 # --- the loop --------------------------------------------------------------------------------
-def train_epoch(model, optimizer, schedule, loader, state, stop, progress):
+def train_epoch(model, optimizer, schedule, loader, state, stop, progress, label_smoothing=0.0, ema=None):
     """Train ``model`` on epoch ``state.epoch`` of ``loader``, from batch ``state.step``; True if the epoch finished.
 
+    label_smoothing: of the training loss (``F.cross_entropy``); ema: a ``ModelEMA`` updated after each step, or None.
     state: the run's ``RunState``; its ``step`` and ``epoch_totals`` advance with every step, so
     a resumed epoch (``state.step`` > 0) goes on where it stopped.
     stop: a ``StopRequest``; after the step where it is requested (Ctrl-C) this returns False,
@@ -146,10 +280,12 @@ def train_epoch(model, optimizer, schedule, loader, state, stop, progress):
     for images, labels in loader.batches(epoch, start=state.step):
         optimizer.lr = schedule(epoch + state.step / steps_per_epoch)
         logits = model(images)                         # (B, classes)
-        loss = F.cross_entropy(logits, labels)         # a scalar Tensor: the batch's mean loss
+        loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)  # a scalar Tensor: the batch's mean
         optimizer.zero_grad()                          # gradients accumulate in .grad: clear the last step's
         loss.backward()                                # .grad of every parameter
         optimizer.step()                               # SGD with momentum and weight decay
+        if ema is not None:
+            ema.update(model)                          # the moving average of the weights
         loss_value = totals.add(loss, logits, labels)  # loss sum, correct answers, images seen
 
         state.step += 1
@@ -249,37 +385,46 @@ def train(config, stop_after_steps=None):
 
     ``stop_after_steps`` stops the run after that many steps as Ctrl-C would (for tests).
     """
+    config = dict(BEFORE_RECIPES, **config)  # a config saved before a setting existed runs as it did then
     out = config["out"]
     last = os.path.join(out, "last.npz")
     os.makedirs(out, exist_ok=True)
     data, loaders = build_data(config)
     model = build_model(config, len(data.classes))
-    optimizer = SGD(model.parameters(), config["lr"], config["momentum"], config["nesterov"], config["weight_decay"])
-    schedule = make_schedule(
-        config["schedule"], config["lr"], config["epochs"], config["milestones"], warmup_epochs=config["warmup_epochs"]
-    )
+    optimizer = build_optimizer(config, model)
+    schedule = make_schedule(config["schedule"], config["lr"], config["epochs"], config["milestones"],
+                             warmup_epochs=config["warmup_epochs"], div_factor=config["div_factor"])
+    ema = ModelEMA(model, config["ema"]) if config["ema"] else None
     state = RunState()
     if config.get("resumed"):
         weights, optimizer_state, meta = load_checkpoint(last)
         state = RunState.from_dict(meta["state"], last)
         model.load_state_dict(weights)
         optimizer.load_state_dict(optimizer_state)
+        if ema is not None:
+            saved = load_ema(last)
+            if saved is None:
+                raise ValueError(f"cannot resume from {last}: the run keeps a moving average (--ema), the file none")
+            ema.load_state_dict(saved)
         print(f"resuming {out} at epoch {state.epoch + 1}, step {state.step}")
     else:
+        print("\n".join(describe_recipe(config)), flush=True)
         atomic_write(os.path.join(out, "config.json"), lambda f: f.write(json.dumps(config, indent=2).encode()))
         open(os.path.join(out, "metrics.jsonl"), "w").close()
 
     def save(name):  # atomic: a crash while writing leaves the previous file whole (tinyse/checkpoint.py)
-        save_checkpoint(os.path.join(out, name), model, optimizer, {"state": state.as_dict(), "config": config})
+        save_checkpoint(os.path.join(out, name), model, optimizer, {"state": state.as_dict(), "config": config}, ema)
 
-    metrics = None
+    metrics, steps_per_epoch = None, len(loaders["train"])
     with StopRequest(after_steps=stop_after_steps) as stop:
         while state.epoch < config["epochs"]:
-            progress = Progress(len(loaders["train"]), f"epoch {state.epoch + 1}/{config['epochs']}",
-                                enabled=config["progress"])
+            progress = Progress(steps_per_epoch, f"epoch {state.epoch + 1}/{config['epochs']}",
+                                enabled=config["progress"], run=run_timing(config, read_metrics(out), state,
+                                                                           steps_per_epoch))
             progress.skip_to(state.step)
             try:
-                finished = train_epoch(model, optimizer, schedule, loaders["train"], state, stop, progress)
+                finished = train_epoch(model, optimizer, schedule, loaders["train"], state, stop, progress,
+                                       config["label_smoothing"], ema)
             except FloatingPointError as error:
                 raise FloatingPointError(f"{error}; {last} keeps the last good state (lower --lr?)") from None
             if not finished:
@@ -287,22 +432,63 @@ def train(config, stop_after_steps=None):
                 print(f"stopped at epoch {state.epoch + 1}, step {state.step}: saved {last}; "
                       f"continue with: python -m tinyse.train --resume {out}")
                 return {"stopped": True, "metrics": metrics}
-            metrics = finish_epoch(model, optimizer, loaders, state, out, save)
+            metrics = finish_epoch(model, optimizer, loaders, state, out, save, config, ema)
     return {"stopped": False, "metrics": metrics}
 
 
-def finish_epoch(model, optimizer, loaders, state, out, save):
-    """After an epoch's last step: evaluate, append to metrics.jsonl, save last.npz (and best.npz), plot.
+def evaluation_due(config, epoch):
+    """Whether epoch ``epoch`` (counted from 1) ends with an evaluation: every ``eval_every``-th, and the last."""
+    return epoch % config["eval_every"] == 0 or epoch == config["epochs"]
 
-    Returns the epoch's metrics; ``state`` moves on to the next epoch.
+
+def run_timing(config, rows, state, steps_per_epoch):
+    """The ``RunTiming`` of the epoch about to run: the seconds the run took so far (training and evaluation,
+    from metrics.jsonl and the epoch's own saved seconds), the steps after this epoch, and the evaluations
+    still to come at the mean time of those done (0 before the first)."""
+    elapsed = sum(r["seconds"] + r.get("eval_seconds", 0.0) for r in rows) + state.epoch_totals.seconds
+    evaluations = [r["eval_seconds"] for r in rows if "eval_seconds" in r]
+    mean_evaluation = sum(evaluations) / len(evaluations) if evaluations else 0.0
+    evaluations_left = sum(evaluation_due(config, e) for e in range(state.epoch + 1, config["epochs"] + 1))
+    return RunTiming(elapsed, (config["epochs"] - state.epoch - 1) * steps_per_epoch,
+                     evaluations_left * mean_evaluation)
+
+
+def evaluate_splits(config, model, loaders, ema):
+    """The evaluation after an epoch, as metrics.jsonl keys, for the validation split (if any) and the test set:
+
+        {split}_loss, {split}_acc        the run's weights: the moving average with --ema, else the model's
+        {split}_acc_flip_tta             the same weights, the mean logits of each image and its mirror (--tta flip)
+        raw_{split}_loss, raw_{split}_acc   with --ema: the weights SGD trained
+    """
+    metrics = {}
+    for split in ("val", "test"):
+        if split not in loaders:
+            continue
+        final = evaluate(ema.model if ema is not None else model, loaders[split], tta=config["tta"] == "flip")
+        metrics[f"{split}_loss"], metrics[f"{split}_acc"] = final["loss"], final["acc"]
+        if "acc_flip_tta" in final:
+            metrics[f"{split}_acc_flip_tta"] = final["acc_flip_tta"]
+        if ema is not None:
+            raw = evaluate(model, loaders[split])
+            metrics[f"raw_{split}_loss"], metrics[f"raw_{split}_acc"] = raw["loss"], raw["acc"]
+    return metrics
+
+
+def finish_epoch(model, optimizer, loaders, state, out, save, config, ema=None):
+    """After an epoch's last step: evaluate (when due), append to metrics.jsonl, save last.npz (and best.npz), plot.
+
+    Returns the epoch's metrics; ``state`` moves on to the next epoch. The keys: epoch, lr, train_loss
+    (with the label smoothing the training used), train_acc, seconds (training steps only), images_per_s;
+    on an evaluated epoch also eval_seconds and those of ``evaluate_splits``.
     """
     totals = state.epoch_totals
     metrics = {"epoch": state.epoch + 1, "lr": optimizer.lr, "train_loss": totals.loss_sum / totals.seen,
                "train_acc": totals.correct / totals.seen, "seconds": totals.seconds,
                "images_per_s": totals.seen / totals.seconds}
-    if "val" in loaders:
-        metrics["val_loss"], metrics["val_acc"] = evaluate(model, loaders["val"])
-    metrics["test_loss"], metrics["test_acc"] = evaluate(model, loaders["test"])
+    if evaluation_due(config, state.epoch + 1):
+        started = time.perf_counter()
+        metrics.update(evaluate_splits(config, model, loaders, ema))
+        metrics["eval_seconds"] = time.perf_counter() - started
     state.epoch, state.step, state.epoch_totals = state.epoch + 1, 0, EpochTotals()
     with open(os.path.join(out, "metrics.jsonl"), "a") as f:
         f.write(json.dumps(metrics) + "\n")
@@ -310,17 +496,41 @@ def finish_epoch(model, optimizer, loaders, state, out, save):
     if "val_acc" in metrics and (state.best_val_acc is None or metrics["val_acc"] > state.best_val_acc):
         state.best_val_acc = metrics["val_acc"]
         save("best.npz")
-    print(epoch_line(metrics))
+    rows = read_metrics(out)
+    print(epoch_line(metrics, *run_clock(config, rows)), flush=True)
     plot_curves(out)
     return metrics
 
 
-def epoch_line(m):
-    val = f"  val {m['val_loss']:.3f} / {100 * m['val_acc']:.2f}%" if "val_acc" in m else ""
+def run_clock(config, rows):
+    """(seconds the run has taken, seconds it has left) after the epochs in ``rows``: each epoch left at the last
+    epoch's training time, each evaluation left at the mean of those done."""
+    elapsed = sum(r["seconds"] + r.get("eval_seconds", 0.0) for r in rows)
+    evaluations = [r["eval_seconds"] for r in rows if "eval_seconds" in r]
+    evaluations_left = sum(evaluation_due(config, e) for e in range(rows[-1]["epoch"] + 1, config["epochs"] + 1))
+    left = (config["epochs"] - rows[-1]["epoch"]) * rows[-1]["seconds"]
+    if evaluations:
+        left += evaluations_left * sum(evaluations) / len(evaluations)
+    return elapsed, left
+
+
+def epoch_line(m, elapsed=None, left=None):
+    """The line printed after each epoch: lr, train, validation and test loss / accuracy, time (and the run's)."""
+    def scores(split):
+        if f"{split}_acc" not in m:
+            return ""
+        text = f"  {split} {m[f'{split}_loss']:.3f} / {100 * m[f'{split}_acc']:.2f}%"
+        if f"{split}_acc_flip_tta" in m:
+            text += f" (flip {100 * m[f'{split}_acc_flip_tta']:.2f}%)"
+        if f"raw_{split}_acc" in m:
+            text += f" [raw {100 * m[f'raw_{split}_acc']:.2f}%]"
+        return text
+
+    run = f"  run {format_duration(elapsed)} eta {format_duration(left)}" if elapsed is not None else ""
+    evaluation = f" + {m['eval_seconds']:.0f} s eval" if "eval_seconds" in m else ""
     return (
         f"epoch {m['epoch']:3d}  lr {m['lr']:.4g}  train {m['train_loss']:.3f} / {100 * m['train_acc']:.2f}%"
-        f"{val}  test {m['test_loss']:.3f} / {100 * m['test_acc']:.2f}%  "
-        f"{m['seconds']:.0f} s ({m['images_per_s']:.0f} img/s)"
+        f"{scores('val')}{scores('test')}  {m['seconds']:.0f} s ({m['images_per_s']:.0f} img/s){evaluation}{run}"
     )
 
 
@@ -337,12 +547,14 @@ def plot_curves(out):
     import matplotlib.pyplot as plt
 
     rows = read_metrics(out)
-    epochs = [r["epoch"] for r in rows]
     figure, (loss_axes, acc_axes) = plt.subplots(1, 2, figsize=(10, 4))
-    for split in ("train", "val", "test"):
-        if f"{split}_loss" in rows[-1]:
-            loss_axes.plot(epochs, [r[f"{split}_loss"] for r in rows], marker=".", label=split)
-            acc_axes.plot(epochs, [100 * r[f"{split}_acc"] for r in rows], marker=".", label=split)
+    for split in ("train", "val", "test", "raw_val", "raw_test"):
+        evaluated = [r for r in rows if f"{split}_loss" in r]  # epochs without an evaluation have no val / test
+        if evaluated:
+            epochs, style = [r["epoch"] for r in evaluated], {"linestyle": "--"} if split.startswith("raw") else {}
+            label = split.replace("raw_", "") + " (raw weights)" if split.startswith("raw") else split
+            loss_axes.plot(epochs, [r[f"{split}_loss"] for r in evaluated], marker=".", label=label, **style)
+            acc_axes.plot(epochs, [100 * r[f"{split}_acc"] for r in evaluated], marker=".", label=label, **style)
     loss_axes.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
     acc_axes.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
     for axes in (loss_axes, acc_axes):
@@ -355,18 +567,20 @@ def plot_curves(out):
 
 
 def config_from_args(args):
-    """The run's config: the command line, or for --resume the saved config (with --device from the command line)."""
+    """The run's config: the command line with its recipe resolved, or for --resume the saved config (with
+    --device, --data-dir and --no-progress from the command line)."""
     if args.resume:
         path = os.path.join(args.resume, "config.json")
         if not os.path.exists(os.path.join(args.resume, "last.npz")):
             raise FileNotFoundError(f"nothing to resume in {args.resume}: no last.npz there")
         with open(path) as f:
-            config = json.load(f)
-        config.update(out=args.resume, resumed=True, device=args.device, progress=args.progress)
+            config = dict(BEFORE_RECIPES, **json.load(f))
+        config.update(out=args.resume, resumed=True, device=args.device, progress=args.progress, threads=workers())
         if args.data_dir:
             config["data_dir"] = args.data_dir
         return config
-    config = {k: v for k, v in vars(args).items() if k != "resume"}
+    config = resolve_recipe({k: v for k, v in vars(args).items() if k != "resume"})
+    config["library"], config["threads"] = "tinyse", workers()
     config["out"] = args.out or os.path.join("runs", f"{args.model}-{args.dataset}-seed{args.seed}")
     return config
 

@@ -20,6 +20,7 @@ training step.
     machine.py      what the numbers were measured on (CPU, BLAS and its threads, GPU), torch's device
     report.py       the table as printed
     epoch.py        --torch-epoch: PyTorch's time for one CIFAR-10 epoch, to compare with tinyse.train
+    train_torch.py  python -m tinyse.bench.train_torch: tinyse.train's recipes (--recipe fast) trained by PyTorch
     cli.py          the options, the run of the chosen rows, main()
     __main__.py     python -m tinyse.bench: sets BLAS's threads, then main()
 
