@@ -9,15 +9,18 @@ import numpy as np
 import pytest
 import torch
 from test_data import make_cifar10_folder
+from threadpoolctl import threadpool_limits
 
 from tinyse import models
 from tinyse.backend import gpu_available, to_device
 from tinyse.bench import main
+from tinyse.bench.launches import count_launches, format_counts
 from tinyse.bench.rows import MODELS, Row, build_rows, torch_twin_model
 from tinyse.bench.timing import groups, measure, summarise, time_alternating
 from tinyse.tensor import Tensor
+from tinyse.testing import emulated_cupy
 
-from conftest import DEVICES, rel_error
+from conftest import DEVICES, rel_error, requires_gpu
 
 
 def test_rows_cover_every_op_at_every_stage_and_both_models():
@@ -126,12 +129,21 @@ def test_quick_run_writes_the_report(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_every_op_row_runs_on_each_device(device, tmp_path):
-    if device == "gpu" and not torch.cuda.is_available():
-        pytest.skip("torch has no CUDA")
+def test_every_op_row_runs_on_each_device(device, capsys):
+    """On a GPU that torch cannot reach (a CPU build of torch; the emulated GPU), the bench times tinyse alone
+    and says so, rather than refusing to run."""
     report = main(["--device", device, "--batch", "2", "--threads", "1", "--warmup", "0", "--repeats", "1",
                    "--only", r"x8x8$", "--no-memory"])
     assert len(report["rows"]) == 6 and report["header"]["device"] == device
+    printed = capsys.readouterr()
+    if device == "gpu" and not torch.cuda.is_available():
+        assert "torch: no CUDA here, tinyse's column only" in printed.err
+        assert report["header"]["libraries"] == ["tinyse"]
+        assert all("torch" not in row and row["ratio"] is None and row["tinyse"]["median_s"] > 0
+                   for row in report["rows"])
+        assert "no CUDA here, tinyse's column only" in printed.out
+    else:
+        assert all(row["torch"]["median_s"] > 0 for row in report["rows"])
 
 
 @pytest.mark.skipif(gpu_available(), reason="checks the error on a machine without a GPU")
@@ -171,3 +183,26 @@ def test_torch_epoch_trains_on_every_training_image(tmp_path, capsys):
     result = main(["--torch-epoch", "resnet20", "--data-dir", str(tmp_path), "--batch", "8", "--threads", "1"])
     assert result["images"] == 30 and result["seconds"] > 0
     assert "one CIFAR-10 epoch (30 images, batch 8)" in capsys.readouterr().out
+
+
+@requires_gpu
+@pytest.mark.gpu
+def test_launches_are_counted_by_part_and_do_not_depend_on_the_batch():
+    """count_launches (python -m tinyse.bench --device gpu prints its totals) on the emulated CuPy: the parts add
+    up to the total, a batch of 2 and of 4 launch the same kernels (so the bench counts at batch 2 what batch 128
+    launches), and a training step never waits for the device (it reads no value back)."""
+    if not emulated_cupy.installed():
+        pytest.skip("counts kernel launches with the emulated CuPy's counters")
+    # one BLAS thread: the emulator multiplies with NumPy, whose spinning threads made this 6x slower on a busy machine
+    with threadpool_limits(limits=1, user_api="blas"):
+        small, larger = [count_launches("se_resnet20", batch, train=True) for batch in (2, 4)]
+    for field in ("kernel_launches", "host_syncs", "host_to_device", "device_to_host", "launches_by_name"):
+        assert small[field] == larger[field], field
+        assert sum((part[field] for part in small["parts"].values()), type(small[field])()) == small[field], field
+    expected_parts = {"Conv2d.forward", "Conv2d.backward", "SEExcite.forward", "autograd", "optimizer step"}
+    assert expected_parts <= set(small["parts"])
+    assert small["host_syncs"] == 0 and small["device_to_host"] == 0
+    table = format_counts(small).splitlines()
+    assert f"{small['kernel_launches']} kernel launches" in table[0]
+    assert len(table) == 2 + len(small["parts"])  # the totals, the column titles, a line per part
+    assert all(any(line.startswith(part) for line in table[2:]) for part in small["parts"])

@@ -18,6 +18,7 @@ import tinyse.functional as F
 from tinyse import nn
 from tinyse.backend import device_of, to_device
 from tinyse.tensor import Tensor
+from tinyse.testing import emulated_cupy
 from tinyse.testing.twins import TorchGlobalAvgPool, TorchSE, load_into_twin
 
 from conftest import (
@@ -456,6 +457,56 @@ def test_load_mismatched_state_names_the_key_and_changes_nothing(kind):
     for shape in shapes:
         assert shape in message
     assert_states_equal(model.state_dict(), before)
+
+
+def dict_of_arrays(model):
+    """{key: the model's own array} of every parameter and buffer, where they live (no copy, no transfer)."""
+    return {**{name: p.data for name, p in model.named_parameters()}, **dict(model.named_buffers())}
+
+
+@requires_gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("target", ["gpu", "cpu"])
+def test_load_state_dict_takes_gpu_arrays_and_copies_them(target):
+    """A state of device arrays (another GPU model's own) loads into a model on either device: the same state and
+    outputs as the source, each array on the model's device, and no memory shared with the source."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((3, 3, 5, 5)).astype(np.float32)
+    source = tiny_net(1).to("gpu")
+    source(Tensor(to_device(x, "gpu")))  # one training step: the running statistics move
+    model = tiny_net(2).to(target)
+    model.load_state_dict(dict_of_arrays(source))
+    assert all(device_of(array) == target for array in dict_of_arrays(model).values())
+    assert_states_equal(model.state_dict(), source.state_dict())
+    source.eval(), model.eval()
+    y, y_source = model(Tensor(to_device(x, target))).data, source(Tensor(to_device(x, "gpu"))).data
+    assert rel_error(y, to_device(y_source, "cpu")) < TORCH_TOLERANCE[np.float32]  # the CPU's conv rounds otherwise
+    before = model.state_dict()
+    for array in dict_of_arrays(source).values():
+        array[...] = 7
+    assert_states_equal(model.state_dict(), before)
+
+
+@requires_gpu
+@pytest.mark.gpu
+def test_load_state_dict_onto_the_gpu_copies_each_array_once_and_reads_nothing_back():
+    """Loading a NumPy state into a GPU model is one copy to the device per array and none back (checking the
+    keys and shapes reads the model's shapes, not its arrays); a state of device arrays crosses nothing; a
+    mis-shaped state fails before anything is copied. Counted by the emulated CuPy."""
+    if not emulated_cupy.installed():
+        pytest.skip("counts copies with the emulated CuPy's counters")
+    model = tiny_net(0).to("gpu")
+    host_state, gpu_state = tiny_net(3).state_dict(), dict_of_arrays(tiny_net(4).to("gpu"))
+    with emulated_cupy.counting() as from_host:
+        model.load_state_dict(host_state)
+    assert (from_host["host_to_device"], from_host["device_to_host"]) == (len(host_state), 0)
+    with emulated_cupy.counting() as from_device:
+        model.load_state_dict(gpu_state)
+    assert (from_device["host_to_device"], from_device["device_to_host"]) == (0, 0)
+    state, key, _ = _bad_state("mis-shaped")
+    with emulated_cupy.counting() as refused, pytest.raises(ValueError, match=re.escape(key)):
+        model.load_state_dict(state)
+    assert (refused["host_to_device"], refused["device_to_host"]) == (0, 0)
 
 
 # --- the layers against PyTorch --------------------------------------------------------------------

@@ -4,10 +4,15 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 import tinyse.functional as F
 from tinyse import profile
+from tinyse.backend import to_device
 from tinyse.tensor import Tensor
+from tinyse.testing import emulated_cupy
+
+from conftest import requires_gpu
 
 
 def test_profile_counts_every_op_call_and_restores_the_methods(monkeypatch):
@@ -40,3 +45,39 @@ def test_the_environment_variable_turns_it_on():
     assert "Sigmoid" in result.stderr and "forward ms" in result.stderr
     quiet = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env={}, check=True)
     assert quiet.stderr == ""
+
+
+@requires_gpu
+@pytest.mark.gpu
+def test_on_the_gpu_a_backward_without_an_input_gradient_still_waits_for_the_device(monkeypatch):
+    """The stem conv's backward returns (None, dL/dW) (the images need no gradient): the clock must still stop
+    only after the device has finished it, not when its kernels are queued. The emulated CuPy counts the
+    synchronisations before the op starts and after it returns."""
+    if not emulated_cupy.installed():
+        pytest.skip("counts synchronisations with the emulated CuPy's counters")
+    counters = emulated_cupy.counters
+    seen = {}
+    original = F.conv.Conv2d.backward
+
+    def backward_between_two_readings(self, grad_out):
+        seen["start"] = counters.host_syncs
+        grads = original(self, grad_out)
+        seen["end"] = counters.host_syncs
+        return grads
+
+    monkeypatch.setattr(F.conv.Conv2d, "backward", backward_between_two_readings)
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    rng = np.random.default_rng(0)
+    images = Tensor(to_device(rng.standard_normal((2, 3, 6, 6)).astype(np.float32), "gpu"))
+    weight = Tensor(to_device(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "gpu"), requires_grad=True)
+    profile.enable()
+    try:
+        out = F.conv2d(images, weight, padding=1)
+        before = counters.host_syncs
+        out.backward(to_device(np.ones(out.shape, np.float32), "gpu"))
+        after = counters.host_syncs
+    finally:
+        profile.disable()
+    assert weight.grad is not None and images.grad is None
+    assert seen["start"] - before == 1, "no wait for the device before the clock starts"
+    assert after - seen["end"] == 1, "no wait for the device before the clock stops"

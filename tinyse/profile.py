@@ -5,9 +5,13 @@
 ``enable()`` wraps ``forward`` and ``backward`` of every op class (every
 ``Function`` subclass defined so far) with a timer, and ``Tensor.backward`` with
 a report: after each backward pass it prints one line per op class, sorted by
-total time, and starts counting afresh. On the GPU the timer waits for the
-device to finish (otherwise it would time only the kernel launches).
-``disable()`` puts the original methods back.
+total time, and starts counting afresh. On the GPU an op only queues kernels, so
+the timer waits for the device before it starts and before it stops, whenever a
+device array is among the op's inputs or results (otherwise it would time the
+launches only). ``disable()`` puts the original methods back.
+
+``wrap_every_op(measure)`` is the wrapping alone, for other measurements
+(``tinyse.bench.launches`` counts each op's kernel launches with it).
 """
 import collections
 import sys
@@ -17,42 +21,75 @@ from tinyse.backend import cupy, is_gpu_array
 from tinyse.tensor import Function, Tensor
 
 _times = collections.defaultdict(lambda: [0, 0.0, 0.0])  # op name -> [calls, forward s, backward s]
-_originals = {}  # (class, method name) -> the method before wrapping
-_depth = 0  # how many timed methods are running (only the outermost is timed)
+_restore_ops = None  # while enabled: puts the ops' methods back (wrap_every_op's answer)
+_original_backward = None  # while enabled: Tensor.backward before wrapping
 
 
-def _synchronize(array):
-    if is_gpu_array(array):
-        cupy.cuda.Device().synchronize()
-
-
-def _timed(name, method):
-    slot = 1 if name == "forward" else 2
-
-    def wrapper(self, *args):
-        global _depth
-        if _depth:  # inside another timed method (Mean.forward calls Sum.forward): counted there
-            return method(self, *args)
-        _depth += 1
-        try:
-            _synchronize(args[0] if args else None)
-            start = time.perf_counter()
-            result = method(self, *args)
-            _synchronize(result[0] if isinstance(result, tuple) else result)
-        finally:
-            _depth -= 1
-        entry = _times[type(self).__name__]
-        entry[slot] += time.perf_counter() - start
-        entry[0] += slot == 1
-        return result
-
-    return wrapper
-
-
-def _all_op_classes(cls=Function):
+def op_classes(cls=Function):
+    """Every op class: the subclasses of ``Function`` defined so far, depth first."""
     for sub in cls.__subclasses__():
         yield sub
-        yield from _all_op_classes(sub)
+        yield from op_classes(sub)
+
+
+def wrap_every_op(measure):
+    """Run every op's ``forward`` and ``backward`` through ``measure(op, phase, method, args)`` from now on.
+
+    ``phase`` is "forward" or "backward"; ``measure`` must call ``method(op, *args)`` once and return its
+    result. Only the outermost call of a nest is measured (Mean.forward calls Sum.forward: one call, Mean's).
+    Returns a function that puts the original methods back.
+    """
+    originals = {}  # (class, phase) -> the method before wrapping
+    depth = [0]  # how many wrapped methods are running
+
+    def wrap(phase, method):
+        def wrapper(self, *args):
+            if depth[0]:  # inside another op's method: measured there
+                return method(self, *args)
+            depth[0] += 1
+            try:
+                return measure(self, phase, method, args)
+            finally:
+                depth[0] -= 1
+
+        return wrapper
+
+    for cls in op_classes():
+        for phase in ("forward", "backward"):
+            if phase in cls.__dict__:
+                originals[cls, phase] = cls.__dict__[phase]
+                setattr(cls, phase, wrap(phase, originals[cls, phase]))
+
+    def restore():
+        for (cls, phase), method in originals.items():
+            setattr(cls, phase, method)
+
+    return restore
+
+
+def _on_device(values):
+    """Whether any of ``values`` (arrays, None, numbers, tuples of them) is a device array."""
+    return any(_on_device(v) if isinstance(v, tuple) else is_gpu_array(v) for v in values)
+
+
+def _wait_for_device():
+    cupy.cuda.Device().synchronize()
+
+
+def _timed_call(op, phase, method, args):
+    # any device array among the inputs and results counts: a backward's gradients may be None (the stem
+    # conv's, for the images) and a forward's first argument a number
+    on_device = _on_device(args)
+    if on_device:
+        _wait_for_device()  # the work queued before this op is not its time
+    start = time.perf_counter()
+    result = method(op, *args)
+    if on_device or _on_device((result,)):
+        _wait_for_device()  # the op's kernels are queued: wait until they have run
+    entry = _times[type(op).__name__]
+    entry[1 if phase == "forward" else 2] += time.perf_counter() - start
+    entry[0] += phase == "forward"
+    return result
 
 
 def report(stream=None):
@@ -70,14 +107,11 @@ def report(stream=None):
 
 def enable():
     """Time every op from now on and print a report after each backward pass."""
-    if _originals:
+    global _restore_ops, _original_backward
+    if _restore_ops is not None:
         return
-    for cls in _all_op_classes():
-        for name in ("forward", "backward"):
-            if name in cls.__dict__:
-                _originals[cls, name] = cls.__dict__[name]
-                setattr(cls, name, _timed(name, cls.__dict__[name]))
-    backward = _originals[Tensor, "backward"] = Tensor.backward
+    _restore_ops = wrap_every_op(_timed_call)
+    backward = _original_backward = Tensor.backward
 
     def backward_then_report(self, grad=None):
         backward(self, grad)
@@ -87,7 +121,9 @@ def enable():
 
 
 def disable():
-    for (cls, name), method in _originals.items():
-        setattr(cls, name, method)
-    _originals.clear()
+    global _restore_ops, _original_backward
+    if _restore_ops is not None:
+        _restore_ops()
+        Tensor.backward = _original_backward
+    _restore_ops = _original_backward = None
     _times.clear()

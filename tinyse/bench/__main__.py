@@ -7,7 +7,7 @@ import os
 import sys
 
 from tinyse.bench.cli import main, parse_args
-from tinyse.bench.machine import BLAS_ENV, thread_env
+from tinyse.bench.machine import BLAS_ENV, module_command, thread_env
 
 
 def ensure_blas_threads(argv):
@@ -15,7 +15,7 @@ def ensure_blas_threads(argv):
     unless they already are: BLAS reads them once, when NumPy is imported, before any of this runs."""
     threads = str(parse_args(argv).threads)
     if any(os.environ.get(var) != threads for var in BLAS_ENV):
-        command = [sys.executable, "-m", "tinyse.bench", *argv]
+        command = [*module_command("tinyse.bench"), *argv]  # on the emulated CuPy again if this runs on it
         os.execve(sys.executable, command, thread_env(threads))
 
 

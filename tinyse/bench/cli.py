@@ -7,7 +7,7 @@ import sys
 
 from tinyse.backend import module_for_device
 from tinyse.bench.epoch import torch_epoch
-from tinyse.bench.machine import blas_threads, header, torch_device
+from tinyse.bench.machine import blas_threads, cupy_is_emulated, header, torch_device, torch_reaches
 from tinyse.bench.peak_memory import MEMORY_MODEL, measure_memory, memory_child
 from tinyse.bench.report import format_report
 from tinyse.bench.rows import LIBRARIES, build_rows
@@ -30,7 +30,8 @@ def parse_args(argv=None):
     add("--threads", type=int, default=os.cpu_count(),
         help="threads for torch and NumPy's BLAS (default os.cpu_count(), here %(default)s)")
     add("--only", metavar="PATTERN",
-        help="run only the rows whose 'name NxCxHxW' matches this regular expression ('memory' for the memory)")
+        help="run only the rows whose 'name NxCxHxW' matches this regular expression ('memory' for the memory, "
+             "'launches' for the kernel launches counted on the emulated GPU)")
     add("--repeats", type=int, help="timed runs per library (default 7 for ops, 5 for models)")
     add("--warmup", type=int, help="untimed runs per library first (default 2 for ops, 1 for models)")
     add("--quick", action="store_true", help="1 warm-up and 3 repeats everywhere: a smoke run, not numbers")
@@ -61,15 +62,17 @@ def counts(args):
     return warmup, repeats
 
 
-def run(args):
-    """Time the chosen rows and measure memory; returns the report (what --json writes)."""
+def run(args, libraries=LIBRARIES):
+    """Time the chosen rows and measure memory; returns the report (what --json writes).
+    ``libraries``: those to time (tinyse alone on a GPU that torch cannot reach)."""
     warmup, repeats = counts(args)
-    syncs = synchronizers(args.device)
+    syncs = synchronizers(args.device, libraries)
     pattern = re.compile(args.only, re.IGNORECASE) if args.only else None
     rows = [row for row in build_rows(args.batch, args.device) if pattern is None or pattern.search(row.label)]
     with_memory = not args.no_memory and (pattern is None or pattern.search("memory"))
+    with_launches = args.device == "gpu" and (pattern is None or pattern.search("launches"))
     report = {
-        "header": header(args.device, args.threads),
+        "header": header(args.device, args.threads, libraries),
         "settings": {"batch": args.batch, "eval_batch": 2 * args.batch, "dtype": "float32", "only": args.only,
                      "warmup": warmup, "repeats": repeats, "settle_s": args.settle},
         "rows": [],
@@ -81,14 +84,30 @@ def run(args):
         results = measure(batch, warmup[batch[0].kind], repeats[batch[0].kind], syncs, args.settle)
         report["rows"] += results
         done += len(batch)
-        print(" " + "; ".join(f"tinyse {result['tinyse']['median_s'] * 1e3:.2f} ms, torch "
-                              f"{result['torch']['median_s'] * 1e3:.2f} ms" for result in results),
-              file=sys.stderr, flush=True)
+        times = (", ".join(f"{library} {result[library]['median_s'] * 1e3:.2f} ms" for library in libraries)
+                 for result in results)
+        print(" " + "; ".join(times), file=sys.stderr, flush=True)
     report["se_overhead"] = se_overhead(report["rows"])
     if with_memory:
         print(f"memory: {MEMORY_MODEL} training step, one fresh process per library ...", file=sys.stderr, flush=True)
-    report["memory"] = measure_memory(args.device, args.batch, args.threads) if with_memory else None
+    report["memory"] = measure_memory(args.device, args.batch, args.threads, libraries) if with_memory else None
+    report["launches"] = launch_counts(MEMORY_MODEL) if with_launches else None
     return report
+
+
+def launch_counts(model):
+    """{"counted": True, "train step": counts, "eval fwd": counts} of ``model`` (``launches.count_launches``) on
+    the emulated CuPy; {"counted": False} on a real GPU: CuPy has no counter of kernel launches."""
+    if not cupy_is_emulated():
+        return {"counted": False}
+    # imported here, not above: ``python -m tinyse.bench.launches`` imports this package first, and runpy warns
+    # when the module it is asked to run was loaded by then
+    from tinyse.bench.launches import COUNTING_BATCH, count_launches
+
+    print(f"kernel launches: {model} training step and eval forward, batch {COUNTING_BATCH} ...", file=sys.stderr,
+          flush=True)
+    return {"counted": True, "train step": count_launches(model, train=True),
+            "eval fwd": count_launches(model, train=False)}
 
 
 def main(argv=None):
@@ -107,9 +126,14 @@ def main(argv=None):
         return result
     try:
         module_for_device(args.device)  # tinyse.backend's clear error when there is no CuPy or no GPU
-        torch_device(args.device)
+        if args.torch_epoch:
+            torch_device(args.device)  # the same for torch
     except RuntimeError as error:
         sys.exit(f"error: {error}")
+    libraries = LIBRARIES
+    if not torch_reaches(args.device):  # a CPU build of torch: time tinyse alone rather than nothing
+        libraries = ("tinyse",)
+        print("torch: no CUDA here, tinyse's column only", file=sys.stderr, flush=True)
     blas, source = blas_threads()
     if blas != args.threads:
         print(f"warning: NumPy's BLAS runs {blas if blas is not None else 'its default number of'} threads "
@@ -129,7 +153,7 @@ def main(argv=None):
               f"({images / seconds:.0f} img/s)")
         return {"model": args.torch_epoch, "seconds": seconds, "images": images}
     try:
-        report = run(args)
+        report = run(args, libraries)
     finally:
         torch.set_num_threads(previous_threads)  # main() may run inside another program (the tests)
     print(format_report(report))

@@ -10,9 +10,11 @@ variables.
 import datetime
 import os
 import platform
+import sys
 
 import numpy as np
 
+from tinyse import backend
 from tinyse.backend import module_for_device
 
 BLAS_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "TINYSE_NUM_THREADS")
@@ -28,6 +30,29 @@ def torch_device(device):
             raise RuntimeError("device 'gpu' asked for, but this torch build sees no CUDA device")
         return "cuda"
     return "cpu"
+
+
+def torch_reaches(device):
+    """Whether torch can run on ``device`` (the GPU: a CUDA build that sees a device)."""
+    if device == "cpu":
+        return True
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def module_command(module):
+    """The command that runs ``python -m module``: through the emulated CuPy when this process runs on it,
+    so that a child process (a memory measurement, the re-execution with BLAS's threads) runs on it too."""
+    if cupy_is_emulated():
+        return [sys.executable, "-m", "tinyse.testing.emulated_cupy", module]
+    return [sys.executable, "-m", module]
+
+
+def cupy_is_emulated():
+    """Whether tinyse's "gpu" is the emulated CuPy (``tinyse.testing.emulated_cupy``, on the CPU)."""
+    emulator = sys.modules.get("tinyse.testing.emulated_cupy")  # imported by whatever installed it
+    return emulator is not None and backend.cupy is not None and backend.cupy is emulator.modules()["cupy"]
 
 
 def thread_env(threads):
@@ -71,18 +96,22 @@ def cpu_model():
     return platform.processor() or platform.machine()
 
 
-def gpu_names(device):
+def gpu_names(device, libraries):
+    """{library: the name of the GPU it runs on} for the libraries timed, or None on the CPU."""
     if device != "gpu":
         return None
-    import torch
-
     cupy = module_for_device("gpu")
     name = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)["name"]
-    return {"tinyse": name.decode() if isinstance(name, bytes) else name, "torch": torch.cuda.get_device_name()}
+    names = {"tinyse": name.decode() if isinstance(name, bytes) else name}
+    if "torch" in libraries:
+        import torch
+
+        names["torch"] = torch.cuda.get_device_name()
+    return names
 
 
-def header(device, threads):
-    """What the numbers were measured on."""
+def header(device, threads, libraries=("tinyse", "torch")):
+    """What the numbers were measured on; ``libraries``: those timed (without torch: no CUDA in its build)."""
     import torch
 
     blas, source = blas_threads()
@@ -100,5 +129,6 @@ def header(device, threads):
         "torch_threads": torch.get_num_threads(),
         "threads": threads,
         "device": device,
-        "gpu": gpu_names(device),
+        "gpu": gpu_names(device, libraries),
+        "libraries": list(libraries),
     }

@@ -14,7 +14,7 @@ import subprocess
 import sys
 
 from tinyse.backend import module_for_device
-from tinyse.bench.machine import thread_env
+from tinyse.bench.machine import module_command, thread_env
 from tinyse.bench.rows import LIBRARIES, tinyse_model, torch_model
 from tinyse.bench.timing import synchronizer
 
@@ -87,11 +87,12 @@ def memory_child(library, device, batch):
     return result
 
 
-def measure_memory(device, batch, threads):
-    """{library: memory_child's result}, each from its own fresh ``python -m tinyse.bench`` process."""
+def measure_memory(device, batch, threads, libraries=LIBRARIES):
+    """{library: memory_child's result}, each from its own fresh ``python -m tinyse.bench`` process (on the
+    emulated CuPy when this process runs on it)."""
     results = {}
-    for library in LIBRARIES:
-        command = [sys.executable, "-m", "tinyse.bench", "--memory-child", library,
+    for library in libraries:
+        command = [*module_command("tinyse.bench"), "--memory-child", library,
                    "--device", device, "--batch", str(batch), "--threads", str(threads)]
         done = subprocess.run(command, check=False, capture_output=True, text=True, env=thread_env(threads))
         if done.returncode != 0:

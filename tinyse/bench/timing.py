@@ -5,7 +5,8 @@ that slows down (another job, heat) slows both alike, and the MEDIAN of the repe
 On the CPU each timed call follows untimed calls of the same library for ``--settle`` seconds, so that
 the other library's idle threads, still spinning, have stopped stealing the cores.
 On the GPU each call is bracketed by device synchronisations. ratio = tinyse / torch: above 1, tinyse is
-slower. img/s = batch / median time.
+slower. img/s = batch / median time. Where torch cannot reach the GPU (a CPU build of torch; the emulated
+GPU), tinyse is timed alone: its rows have no "torch" and no ratio.
 
 Derived: SE overhead = SE-ResNet-20 time / ResNet-20 time, for each library: the median over rounds of
 the ratio of the two models' times in the same round (a paired measure: a machine that is slower for a
@@ -34,8 +35,8 @@ def synchronizer(library, device):
     return torch.cuda.synchronize
 
 
-def synchronizers(device):
-    return {library: synchronizer(library, device) for library in LIBRARIES}
+def synchronizers(device, libraries=LIBRARIES):
+    return {library: synchronizer(library, device) for library in libraries}
 
 
 def time_alternating(calls, warmup, repeats, syncs=None, clock=time.perf_counter, settle=0.0):
@@ -72,21 +73,25 @@ def time_alternating(calls, warmup, repeats, syncs=None, clock=time.perf_counter
 
 
 def summarise(name, shape, times):
-    """One row of results from the times of each library: medians, ratio, images per second."""
+    """One row of results from the times of each library: medians, ratio, images per second.
+    Without torch's times (no CUDA in its build) the row has no "torch" and its ratio is None."""
     result = {"name": name, "shape": list(shape), "batch": shape[0]}
     for library, seconds in times.items():
         median = statistics.median(seconds)
         result[library] = {"times_s": seconds, "median_s": median, "images_per_s": shape[0] / median}
-    result["ratio"] = result["tinyse"]["median_s"] / result["torch"]["median_s"]
+    both = "tinyse" in result and "torch" in result
+    result["ratio"] = result["tinyse"]["median_s"] / result["torch"]["median_s"] if both else None
     return result
 
 
 def measure(rows, warmup, repeats, syncs, settle=0.0):
-    """Time the rows together: each round calls tinyse then torch for the first row, then for the next ..."""
-    calls = {(index, library): make() for index, row in enumerate(rows)
-             for library, make in (("tinyse", row.make_tinyse), ("torch", row.make_torch))}
+    """Time the rows together: each round calls tinyse then torch for the first row, then for the next ...
+    The libraries are those of ``syncs`` (tinyse alone where torch has no CUDA)."""
+    libraries = [library for library in LIBRARIES if library in syncs]
+    calls = {(index, library): getattr(row, f"make_{library}")() for index, row in enumerate(rows)
+             for library in libraries}
     times = time_alternating(calls, warmup, repeats, {key: syncs[key[1]] for key in calls}, settle=settle)
-    results = [summarise(row.name, row.shape, {library: times[index, library] for library in LIBRARIES})
+    results = [summarise(row.name, row.shape, {library: times[index, library] for library in libraries})
                for index, row in enumerate(rows)]
     del calls
     gc.collect()  # free these rows' arrays before the next ones are built
@@ -105,7 +110,7 @@ def groups(rows):
 
 
 def se_overhead(rows):
-    """For each library, the median over rounds of SE-ResNet-20's time / ResNet-20's time in that round,
+    """For each library timed, the median over rounds of SE-ResNet-20's time / ResNet-20's time in that round,
     for the kinds of model row where both were timed together."""
     by_name = {row["name"]: row for row in rows}
     overhead = {}
@@ -115,6 +120,6 @@ def se_overhead(rows):
             overhead[suffix] = {
                 library: statistics.median(se_s / plain_s for se_s, plain_s in
                                            zip(se[library]["times_s"], plain[library]["times_s"], strict=True))
-                for library in LIBRARIES
+                for library in LIBRARIES if library in se
             }
     return overhead

@@ -11,7 +11,7 @@ import tempfile
 
 import numpy as np
 
-from tinyse.backend import get_array_module, to_device
+from tinyse.backend import device_of, to_device
 from tinyse.tensor import Tensor
 
 _tracer = None  # when set (tinyse.summary does), every module call goes through it: _tracer(module, args)
@@ -130,39 +130,43 @@ class Module:
         return self
 
     # --- saving and loading ------------------------------------------------------------------
-    def state_dict(self):
-        """{dotted name: NumPy array} of every parameter and buffer, with PyTorch's key names."""
-        state = {}
+    def named_arrays(self):
+        """(dotted name, array) of every parameter and buffer, in ``state_dict`` order: the model's own arrays,
+        on its device (no copy, no transfer)."""
         for prefix, module in self.named_modules():
             for name, array in [*((n, p.data) for n, p in module._parameters.items()), *module._buffers.items()]:
-                state[f"{prefix}.{name}" if prefix else name] = to_device(array, "cpu").copy()
-        return state
+                yield (f"{prefix}.{name}" if prefix else name), array
+
+    def state_dict(self):
+        """{dotted name: NumPy array} of every parameter and buffer, with PyTorch's key names (copies, on the host)."""
+        return {key: to_device(array, "cpu").copy() for key, array in self.named_arrays()}
 
     def load_state_dict(self, state):
         """Copy arrays into the parameters and buffers, keeping each one's dtype and device.
 
-        ``state`` is a dict of arrays (e.g. ``{k: v.numpy() for k, v in torch_model.state_dict().items()}``),
-        an opened ``.npz``, or the path of one. Keys and shapes must match exactly.
+        ``state`` is a dict of NumPy or device arrays (e.g. ``{k: v.numpy() for k, v in
+        torch_model.state_dict().items()}``), an opened ``.npz``, or the path of one. Keys and shapes must
+        match exactly; nothing changes when they do not. Each array is copied once, to the model's device:
+        the model never shares memory with the caller's arrays (``v.numpy()`` of a torch tensor is a view,
+        and training updates batch norm's running statistics in place).
         """
         if isinstance(state, (str, os.PathLike)):
             with np.load(state) as archive:
                 return self.load_state_dict(dict(archive))
-        # np.array copies: the model must never share memory with the caller's arrays (v.numpy() of a
-        # torch tensor is a view, and training updates batch norm's running statistics in place)
-        state = {k: np.array(v) for k, v in state.items()}
-        own = dict(self.state_dict())
+        state = dict(state)
+        own = dict(self.named_arrays())  # shapes are read where the arrays are: nothing is copied to compare
         missing, unexpected = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
         if missing or unexpected:
             raise KeyError(f"state dict does not match the model: missing keys {missing}, unexpected keys {unexpected}")
-        for key, array in state.items():
-            if array.shape != own[key].shape:
-                raise ValueError(f"state dict key {key!r}: model expects shape {own[key].shape}, got {array.shape}")
+        for key, value in state.items():
+            shape = tuple(value.shape) if hasattr(value, "shape") else np.shape(value)
+            if shape != own[key].shape:
+                raise ValueError(f"state dict key {key!r}: model expects shape {own[key].shape}, got {shape}")
         for prefix, module in self.named_modules():
             for name, p in module._parameters.items():
-                p.data = _convert(state[f"{prefix}.{name}" if prefix else name], p.device, p.dtype)
+                p.data = _copy_like(state[f"{prefix}.{name}" if prefix else name], p.data)
             for name, b in module._buffers.items():
-                xp = get_array_module(b)
-                module._buffers[name] = xp.asarray(state[f"{prefix}.{name}" if prefix else name], dtype=b.dtype)
+                module._buffers[name] = _copy_like(state[f"{prefix}.{name}" if prefix else name], b)
         return self
 
     def save(self, path):
@@ -189,6 +193,14 @@ class Module:
         for name, child in self._modules.items():
             lines.append(f"  ({name}): " + repr(child).replace("\n", "\n  "))
         return "\n".join(lines) + "\n)"
+
+
+def _copy_like(value, like):
+    """A new array holding ``value``'s values, on ``like``'s device and in its dtype: ``value`` copied once (by
+    the transfer when it lives on the other device), and cast when its dtype differs."""
+    moved = to_device(value, device_of(like))
+    may_share_memory = moved is value or getattr(moved, "base", None) is not None  # no transfer, or a view
+    return moved.astype(like.dtype, copy=may_share_memory)
 
 
 def _convert(array, device=None, dtype=None):
