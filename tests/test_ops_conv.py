@@ -48,6 +48,18 @@ from conftest import (
 NO_LIMIT = 10**9
 
 
+@pytest.fixture(autouse=True, scope="module")
+def shifted_rows_for_few_channels_too():
+    """The random cases have 1-8 channels, mostly below conv.MIN_SHIFTED_CHANNELS, under which the CPU takes
+    im2col at stride 1 for speed; the threshold changes no number, so here it is 1 and every stride-1 case
+    runs the shifted rows. test_few_input_channels_take_im2col checks the real threshold."""
+    from tinyse.ops import conv
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(conv, "MIN_SHIFTED_CHANNELS", 1)
+        yield
+
+
 # --- random cases ------------------------------------------------------------------------
 @st.composite
 def conv_cases(draw, max_input=NO_LIMIT, max_weight=NO_LIMIT):
@@ -358,9 +370,28 @@ def test_conv2d_in_many_chunks_equals_naive(monkeypatch, threads, stride):
 def test_stride1_conv_through_im2col_as_on_the_gpu_equals_torch(monkeypatch, x_shape, weight_shape, padding, groups):
     """The GPU runs stride-1 convs through im2col (``uses_shifted_rows``); here that path runs on NumPy."""
     from tinyse.ops import conv
-    monkeypatch.setattr(conv, "uses_shifted_rows", lambda xp, stride: False)
+    monkeypatch.setattr(conv, "uses_shifted_rows", lambda xp, stride, channels_per_group: False)
     rng = np.random.default_rng(5)
     compare_conv(rng.standard_normal(x_shape), rng.standard_normal(weight_shape), None, 1, padding, groups)
+
+
+def test_few_input_channels_take_im2col(monkeypatch):
+    """On the CPU at stride 1, fewer than MIN_SHIFTED_CHANNELS input channels per group (a 3-channel stem) run
+    im2col, more run the shifted rows; the GPU always runs im2col. Both give torch's numbers."""
+    from tinyse.ops import conv
+
+    monkeypatch.setattr(conv, "MIN_SHIFTED_CHANNELS", 8)
+    assert not conv.uses_shifted_rows(np, 1, 7) and conv.uses_shifted_rows(np, 1, 8)
+    assert not conv.uses_shifted_rows(np, 2, 8) and not conv.uses_shifted_rows(object(), 1, 8)
+    shifted_calls = []
+    original = conv.conv_forward_shifted_rows
+    monkeypatch.setattr(conv, "conv_forward_shifted_rows", lambda *args: shifted_calls.append(1) or original(*args))
+    rng = np.random.default_rng(13)
+    for channels, groups, shifted_rows in [(3, 1, False), (8, 1, True), (16, 4, False)]:  # Cg = 3, 8, 4
+        shifted_calls.clear()
+        compare_conv(rng.standard_normal((2, channels, 6, 5)), rng.standard_normal((4, channels // groups, 3, 3)),
+                     None, padding=1, groups=groups)
+        assert bool(shifted_calls) == shifted_rows, (channels, groups)
 
 
 def test_conv2d_stays_right_when_calls_of_other_shapes_reuse_the_work_arrays():

@@ -202,3 +202,19 @@ def test_batch_norm_eval_needs_running_stats():
     """Eval mode without running statistics is an error that says so."""
     with pytest.raises(ValueError, match="eval mode needs running_mean and running_var"):
         F.batch_norm(Tensor(np.ones((4, 3))), training=False)
+
+
+def test_batch_norm_backward_uses_up_its_saved_x_minus_mu():
+    """The training backward writes dL/dx into the x - mu its forward kept (no new array): a second backward of
+    the same op, which autograd never makes (it frees the graph), is a clear error instead of wrong numbers."""
+    from tinyse.ops.norm import BatchNorm
+
+    op = BatchNorm()
+    op.needs_input_grad = (True, False, False)
+    x = np.random.default_rng(7).standard_normal((4, 3, 2, 2))
+    op.forward(x)
+    grad_out = np.ones_like(x)
+    first = op.backward(grad_out)[0]
+    assert np.abs(first).max() < 1e-12  # dL/dy constant per channel: nothing reaches x through the normalisation
+    with pytest.raises(RuntimeError, match="backward ran twice"):
+        op.backward(grad_out)

@@ -245,3 +245,120 @@ def test_axis_out_of_range_is_a_clear_error():
         F.sum(Tensor(np.array(1.0)), axis=0)
     with pytest.raises(ValueError, match="axis 3 is out of range"):
         Tensor(np.ones((2, 2))).mean(axis=3)
+
+
+# --- a tensor's gradients summed in place (tensor.add_gradient, Function.fresh_input_grads) -----------------
+class SameArrayTwice(Function):
+    """y = a + b, whose backward hands grad_out itself to both inputs: one array held by two gradients."""
+
+    def forward(self, a, b):
+        return a + b
+
+    def backward(self, grad_out):
+        return grad_out, grad_out
+
+
+class Double(Function):
+    """y = 2 a, with a new array for its gradient."""
+
+    fresh_input_grads = True
+
+    def forward(self, a):
+        return 2 * a
+
+    def backward(self, grad_out):
+        return 2 * grad_out
+
+
+@pytest.mark.parametrize("fresh_first", [True, False], ids=["fresh-first", "shared-first"])
+def test_in_place_sum_never_writes_into_an_array_another_gradient_holds(fresh_first):
+    """t = 2u gets one array that u's gradient also holds (SameArrayTwice) and a fresh one (Double), in either
+    order. The sum must go into the fresh one: were it added into the shared array, u's gradient, which is
+    summed after t's, would count Double's share once more. The caller's upstream stays untouched too."""
+    rng = np.random.default_rng(3)
+    x = Tensor(rng.standard_normal(4), requires_grad=True)
+    u = Double()(x)
+    t = Double()(u)
+    shared, fresh = SameArrayTwice()(t, u), Double()(t)
+    w_shared, w_fresh = rng.standard_normal(4), rng.standard_normal(4)
+    terms = [F.mul(fresh, w_fresh), F.mul(shared, w_shared)]
+    total = (terms[0] + terms[1]) if fresh_first else (terms[1] + terms[0])
+    upstream = rng.standard_normal(4)
+    kept = upstream.copy()
+    total.backward(upstream)
+    assert np.array_equal(upstream, kept)
+    # dL/dt = U w_shared + 2 U w_fresh;  dL/du = U w_shared + 2 dL/dt;  dL/dx = 2 dL/du
+    assert np.allclose(x.grad, 2 * upstream * (3 * w_shared + 4 * w_fresh))
+
+
+def test_add_gradient_adds_in_place_only_into_arrays_nothing_else_holds():
+    """The three cases of add_gradient: into the fresh newcomer, into the engine's own sum, else a new sum."""
+    from tinyse.tensor import add_gradient
+
+    shared, other, fresh, more = (np.full(3, value) for value in (1.0, 2.0, 4.0, 8.0))
+    grads, owned = {}, set()
+    add_gradient(grads, owned, "t", shared, False)
+    add_gradient(grads, owned, "t", other, False)  # neither is ours: a new array, ours from now on
+    assert grads["t"] is not shared and grads["t"] is not other and "t" in owned
+    total = grads["t"]
+    add_gradient(grads, owned, "t", more, False)  # into our own sum
+    assert grads["t"] is total and np.array_equal(total, [11.0] * 3)
+    grads, owned = {"u": shared}, set()
+    add_gradient(grads, owned, "u", fresh, True)  # into the fresh newcomer
+    assert grads["u"] is fresh and np.array_equal(fresh, [5.0] * 3)
+    assert np.array_equal(shared, [1.0] * 3) and np.array_equal(other, [2.0] * 3) and np.array_equal(more, [8.0] * 3)
+
+
+def fresh_grad_cases():
+    """(name, op, input arrays) for each op that sets fresh_input_grads, in every mode whose backward differs."""
+    from tinyse.ops import activation, conv, fused, norm, se
+
+    rng = np.random.default_rng(5)
+    x, u = rng.standard_normal((2, 3, 5, 5)), rng.standard_normal((2, 3, 4, 4))
+    weight, gates, channel = rng.standard_normal((4, 3, 3, 3)), rng.random((2, 3)), rng.random(3) + 0.5
+
+    def statistics():
+        return np.zeros(3), np.ones(3)
+
+    return [
+        ("conv stride 1", conv.Conv2d(1, 1), [x, weight, rng.standard_normal(4)]),
+        ("conv stride 2", conv.Conv2d(2, 1), [x, weight, None]),
+        ("batch_norm", norm.BatchNorm(*statistics()), [x, channel, channel]),
+        ("batch_norm eval", norm.BatchNorm(*statistics(), training=False), [x, channel, channel]),
+        ("batch_norm_relu", fused.BatchNormReLU(*statistics()), [x, channel, channel]),
+        ("batch_norm_relu eval", fused.BatchNormReLU(*statistics(), training=False), [x, channel, channel]),
+        ("se_scale", se.SEScale(), [u, gates]),
+        ("relu", activation.ReLU(), [u]),
+        ("sigmoid", activation.Sigmoid(), [u]),
+        ("tanh", activation.Tanh(), [u]),
+    ]
+
+
+def op_classes(cls=Function):
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from op_classes(sub)
+
+
+def test_every_op_with_fresh_input_grads_is_checked():
+    """An op that sets fresh_input_grads must have a case in fresh_grad_cases (checked by the next test)."""
+    checked = {type(op) for _, op, _ in fresh_grad_cases()}
+    claiming = {cls for cls in op_classes() if cls.fresh_input_grads and cls.__module__.startswith("tinyse.")}
+    assert claiming <= checked, f"add a case for {claiming - checked}"
+
+
+@pytest.mark.parametrize("name", [name for name, _, _ in fresh_grad_cases()])
+def test_fresh_input_grads_share_memory_with_nothing(name):
+    """What the engine relies on to add into an op's gradients in place: each is writeable and shares no memory
+    with grad_out, the inputs, what the op still holds, or the op's other gradients."""
+    _, op, arrays = next(case for case in fresh_grad_cases() if case[0] == name)
+    inputs = [None if a is None else Tensor(a, requires_grad=True) for a in arrays]
+    out = op(*inputs)
+    grad_out = np.random.default_rng(6).standard_normal(out.shape)
+    grads = op.backward(grad_out)
+    grads = [g for g in (grads if isinstance(grads, tuple) else (grads,)) if g is not None]
+    held = [grad_out, *(a for a in arrays if a is not None)]
+    held += [value for value in vars(op).values() if isinstance(value, np.ndarray)]
+    for i, g in enumerate(grads):
+        assert g.flags.writeable
+        assert not any(np.shares_memory(g, other) for other in held + grads[:i] + grads[i + 1 :])

@@ -25,9 +25,10 @@ The file, in reading order
            dL/dx = col2im(W^T (K, Og) @ dL/dy (Og, OH*OW))
     4. The fast version, ``Conv2d``: the same products on a chunk of a few images at a time,
        whose work arrays fit in a core's cache, on every core (``tinyse.parallel``), one function
-       per algorithm, chosen by the dispatchers ``conv_forward``, ``conv_weight_grad`` and
-       ``conv_input_grad``:
-       - stride 1, on the CPU (``uses_shifted_rows``): no im2col. ``image_rows`` lays each image
+       per algorithm, chosen by the dispatchers ``conv_forward``, ``conv_backward`` (which hands
+       on to ``conv_weight_grad`` and ``conv_input_grad`` unless it can do both at once):
+       - stride 1, on the CPU, at least 8 input channels per group (``uses_shifted_rows``): no
+         im2col. ``image_rows`` lays each image
          out in rows RW = W + P wide (P zeros after each row pad both it and the next), flattened;
          the pixels that kernel offset (i, j) meets, for all output pixels at once, are then one
          contiguous run of it, a view (``shifted``). So
@@ -36,10 +37,12 @@ The file, in reading order
          and the RW - OW junk entries at the end of each output row are cropped.
          Measured in ``python -m tinyse.bench``: copying im2col's 9 columns took longer than the
          products, and memory-bound copies do not get faster on a second core, while the products do.
-       - other strides, and on the GPU: im2col and the products of part 3, per chunk.
+       - other strides, fewer channels (a 3-channel stem), and on the GPU: im2col and the
+         products of part 3, per chunk.
        - dL/dx at stride 1 (square kernels): the same convolution of dL/dy with the kernel flipped
          in space and transposed in channels, padding KH - 1 - P (equal to col2im(W^T dL/dy));
-         otherwise col2im(W^T dL/dy) per chunk.
+         otherwise col2im(W^T dL/dy) per chunk. With shifted rows, one layout of dL/dy serves
+         this convolution and dL/dW alike (``conv_backward_shifted_rows``).
     5. The GPU's im2col and col2im: CUDA sources, one thread per value written.
 """
 import itertools
@@ -283,13 +286,23 @@ def conv2d_im2col_backward(x, weight, grad_out, stride=1, padding=0, groups=1):
 
 
 # --- 4. the fast version: chunks on every core; shifted rows at stride 1 on the CPU ------------------
-def uses_shifted_rows(xp, stride):
+MIN_SHIFTED_CHANNELS = 8  # Cg below this: im2col, even at stride 1 on the CPU (the 3-channel stem of a CIFAR ResNet)
+
+
+def uses_shifted_rows(xp, stride, channels_per_group):
     """Which fast version runs: the shifted row views on the CPU at stride 1; im2col everywhere else.
 
     On the GPU, im2col is one CUDA kernel and the product one batched call, where the shifted
     views would take 9 products, each on a copy (cuBLAS wants contiguous operands), and 8 additions.
+    On the CPU, with few input channels per group (Cg < ``MIN_SHIFTED_CHANNELS``), im2col wins too:
+    each of the 8 additions of the shifted products passes over the whole output (O rows), while
+    the products, with their inner dimension Cg, are short, so the additions cost more than
+    im2col's copies (9 Cg rows) and its one product (inner dimension 9 Cg). Measured for the
+    SE-ResNet-20 stem (3 -> 16 channels, 32x32, batch 128, float32, one thread), A/B in one process,
+    2026-12-02, 2-core Intel Xeon: im2col took 0.48 of the forward's time and 0.85 of the weight
+    gradient's; at 6 -> 16 channels the two were even, at 8 -> 16 the shifted rows won (0.80).
     """
-    return stride == 1 and xp is np
+    return stride == 1 and xp is np and channels_per_group >= MIN_SHIFTED_CHANNELS
 
 
 def row_width(width, kw, stride, padding):
@@ -298,7 +311,7 @@ def row_width(width, kw, stride, padding):
     return max(width + padding, ow) if stride == 1 else ow
 
 
-def image_rows(x, kh, kw, padding):
+def image_rows(x, kh, kw, padding, key="image_rows"):
     """x (N, C, H, W) as flat rows for the stride-1 shifted products: (N, C, (H + 2P + 2) * RW).
 
     Each image row is laid out RW = max(W + P, OW) wide: its W pixels, then at
@@ -309,11 +322,12 @@ def image_rows(x, kh, kw, padding):
     output pixels, are ONE contiguous run starting at ``row_start(i, j, RW, P)``:
     a view, not a copy. The last RW - OW entries of each output row (one, for
     a 3x3 kernel with P = 1) are junk read across a row boundary, to be cropped.
-    The array is this thread's workspace: its zeros are never written.
+    The array is this thread's workspace under ``key`` (a second name for a second array of one
+    chunk: the backward lays out dL/dy and x at once): its zeros are never written.
     """
     n, c, h, w = x.shape
     rw = row_width(w, kw, 1, padding)
-    rows = workspace(get_array_module(x), ("image_rows", h, w, padding), (n, c, h + 2 * padding + 2, rw), x.dtype)
+    rows = workspace(get_array_module(x), (key, h, w, padding), (n, c, h + 2 * padding + 2, rw), x.dtype)
     rows[:, :, padding + 1 : padding + 1 + h, :w] = x
     return rows.reshape(n, c, -1)
 
@@ -335,6 +349,23 @@ def bytes_per_image(rows, oh, rw, itemsize):
     return rows * oh * rw * itemsize
 
 
+def sum_of_shifted_products(x_rows, weight_offsets, oh, rw, padding, out):
+    """out = sum over kernel offsets (i, j) of W[:, :, i, j] (Og, Cg) @ shifted(x_rows, i, j) (Cg, OH*RW), per group.
+
+    The stride-1 convolution of one chunk, with the RW - OW junk entries of each row still in.
+    Inputs: x_rows (B, C, (H + 2P + 2) * RW) from ``image_rows``, weight_offsets W as (KH, KW, G, Og, Cg).
+    Writes out (B, G, Og, OH*RW); each product after the first goes to a work array and is added.
+    """
+    xp = get_array_module(x_rows)
+    kh, kw, groups = weight_offsets.shape[:3]
+    term = workspace(xp, "conv_forward_term", out.shape, out.dtype)
+    # each term: (G, Og, Cg) @ (B, G, Cg, OH*RW) -> (B, G, Og, OH*RW); offset (0, 0) starts the sum
+    xp.matmul(weight_offsets[0, 0], shifted(x_rows, 0, 0, oh, rw, padding, groups), out=out)
+    for i, j in list(itertools.product(range(kh), range(kw)))[1:]:
+        xp.matmul(weight_offsets[i, j], shifted(x_rows, i, j, oh, rw, padding, groups), out=term)
+        out += term
+
+
 def conv_forward_shifted_rows(x, weight, padding, groups):
     """Stride 1 on the CPU: y = sum over kernel offsets (i, j) of W[:, :, i, j] (Og, Cg) @ shifted(i, j) (Cg, OH*RW).
 
@@ -344,22 +375,15 @@ def conv_forward_shifted_rows(x, weight, padding, groups):
     xp = get_array_module(x, weight)
     n, c, h, w = x.shape
     o, cg, kh, kw = weight.shape
-    og = o // groups
     oh, ow = output_size(h, kh, 1, padding), output_size(w, kw, 1, padding)
     rw = row_width(w, kw, 1, padding)
     y = xp.empty((n, o, oh, ow), dtype=x.dtype)
-    weight_offsets = xp.ascontiguousarray(weight.transpose(2, 3, 0, 1)).reshape(kh, kw, groups, og, cg)
-    offsets_after_first = list(itertools.product(range(kh), range(kw)))[1:]
+    weight_offsets = xp.ascontiguousarray(weight.transpose(2, 3, 0, 1)).reshape(kh, kw, groups, o // groups, cg)
 
     def run(start, stop):
-        y_rows = workspace(xp, "conv_forward", (stop - start, groups, og, oh * rw), y.dtype)  # (B, G, Og, OH*RW)
-        term = workspace(xp, "conv_forward_term", y_rows.shape, y.dtype)
+        y_rows = workspace(xp, "conv_forward", (stop - start, groups, o // groups, oh * rw), y.dtype)
         x_rows = image_rows(x[start:stop], kh, kw, padding)  # (B, C, (H + 2P + 2) * RW)
-        # each term: (G, Og, Cg) @ (B, G, Cg, OH*RW) -> (B, G, Og, OH*RW); offset (0, 0) starts the sum
-        xp.matmul(weight_offsets[0, 0], shifted(x_rows, 0, 0, oh, rw, padding, groups), out=y_rows)
-        for i, j in offsets_after_first:
-            xp.matmul(weight_offsets[i, j], shifted(x_rows, i, j, oh, rw, padding, groups), out=term)
-            y_rows += term
+        sum_of_shifted_products(x_rows, weight_offsets, oh, rw, padding, out=y_rows)  # (B, G, Og, OH*RW)
         y[start:stop] = y_rows.reshape(stop - start, o, oh, rw)[..., :ow]  # crop the junk entries
 
     rows_per_image = c + o + o  # rows of about OH*RW values: x_rows (C), y_rows (O), term (O)
@@ -392,7 +416,7 @@ def conv_forward_im2col(x, weight, stride, padding, groups):
 
 def conv_forward(x, weight, stride, padding, groups):
     """y (N, O, OH, OW) from x (N, C, H, W) and W (O, C/G, KH, KW), no bias: shifted rows or im2col."""
-    if uses_shifted_rows(get_array_module(x, weight), stride):
+    if uses_shifted_rows(get_array_module(x, weight), stride, weight.shape[1]):
         return conv_forward_shifted_rows(x, weight, padding, groups)
     return conv_forward_im2col(x, weight, stride, padding, groups)
 
@@ -402,17 +426,39 @@ def conv_forward(x, weight, stride, padding, groups):
 # more than Og, BLAS ran it about 1.5x faster: measured once, when this form replaced dL/dy @ cols^T
 # (commit c065eb6; README.md's speed section quotes it); not a row of ``python -m tinyse.bench``, whose
 # ``conv3x3 fwd+bwd`` times the whole backward. The shifted-rows form (Cg rows) was not measured apart.
+def weight_grad_products(x_rows, grad_t, kh, kw, oh, rw, padding):
+    """sum over the images of a chunk of shifted(x_rows, i, j) (Cg, OH*RW) @ dL/dy^T (OH*RW, Og), per group and (i, j).
+
+    Inputs: x_rows (B, C, (H + 2P + 2) * RW) from ``image_rows``; grad_t dL/dy (B, G, OH*RW, Og), zero at the
+    RW - OW junk entries of each row, so that they add nothing. Returns (G, Cg, KH, KW, Og), a new array.
+    The work array of the products, (B, KH, KW, G, Cg, Og), is as large as x_rows for 64 channels at 8x8,
+    so the chunk sizes count it: with it, the chunks shrink to what fits the cache, and the weight gradient
+    took 0.96 / 0.96 / 0.91 of its time at SE-ResNet-20's three stage shapes (process CPU time, one
+    thread, A/B in one process, 2026-12-02, 2-core Intel Xeon).
+    """
+    xp = get_array_module(x_rows, grad_t)
+    n, groups, _, og = grad_t.shape
+    cg = x_rows.shape[1] // groups
+    products = workspace(xp, "conv_weight_products", (n, kh, kw, groups, cg, og), grad_t.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            # (B, G, Cg, OH*RW) @ (B, G, OH*RW, Og) -> (B, G, Cg, Og)
+            xp.matmul(shifted(x_rows, i, j, oh, rw, padding, groups), grad_t, out=products[:, i, j])
+    return products.sum(axis=0).transpose(2, 3, 0, 1, 4)  # (G, Cg, KH, KW, Og)
+
+
 def conv_weight_grad_shifted_rows(x, grad_out, weight_shape, padding, groups):
     """Stride 1 on the CPU: dL/dW[:, :, i, j] = (shifted(i, j) (Cg, OH*RW) @ dL/dy^T (OH*RW, Og))^T.
 
     Per group, summed over the images of a chunk, then over chunks: the input as kernel offset (i, j)
     met it, against the gradient of the outputs it made. dL/dy gets zeros at the RW - OW junk entries
-    of each row, so they add nothing.
+    of each row, so they add nothing. (``conv_backward_shifted_rows`` does the same, with dL/dy laid
+    out once for both gradients; this one serves the kernels that it cannot take.)
     Arguments and result as ``conv_weight_grad``.
     """
     xp = get_array_module(x, grad_out)
     n, o, oh, ow = grad_out.shape
-    cg, kh, kw = weight_shape[1:]
+    kh, kw = weight_shape[2:]
     og = o // groups
     rw = row_width(x.shape[3], kw, 1, padding)
 
@@ -423,15 +469,11 @@ def conv_weight_grad_shifted_rows(x, grad_out, weight_shape, padding, groups):
             grad_rows[..., :ow] = grad_out[start:stop]
         grad_t = grad_rows.reshape(stop - start, groups, og, oh * rw).transpose(0, 1, 3, 2)  # (B, G, OH*RW, Og)
         x_rows = image_rows(x[start:stop], kh, kw, padding)  # (B, C, (H + 2P + 2) * RW)
-        products = workspace(xp, "conv_weight_products", (stop - start, kh, kw, groups, cg, og), grad_out.dtype)
-        for i in range(kh):
-            for j in range(kw):
-                # (B, G, Cg, OH*RW) @ (B, G, OH*RW, Og) -> (B, G, Cg, Og)
-                xp.matmul(shifted(x_rows, i, j, oh, rw, padding, groups), grad_t, out=products[:, i, j])
-        return products.sum(axis=0).transpose(2, 3, 0, 1, 4)  # (G, Cg, KH, KW, Og)
+        return weight_grad_products(x_rows, grad_t, kh, kw, oh, rw, padding)  # (G, Cg, KH, KW, Og)
 
     rows_per_image = x.shape[1] + o  # rows of about OH*RW values: x_rows (C), dL/dy with junk entries (O)
-    partial_sums = for_each_chunk(xp, n, bytes_per_image(rows_per_image, oh, rw, x.itemsize), run)
+    products_bytes = kh * kw * weight_shape[1] * o * x.itemsize  # weight_grad_products' work array, per image
+    partial_sums = for_each_chunk(xp, n, bytes_per_image(rows_per_image, oh, rw, x.itemsize) + products_bytes, run)
     return sum(partial_sums).transpose(0, 4, 1, 2, 3).reshape(weight_shape)  # (G, Og, Cg, KH, KW) -> (O, Cg, KH, KW)
 
 
@@ -463,7 +505,7 @@ def conv_weight_grad(x, grad_out, weight_shape, stride, padding, groups):
     Inputs: x (N, C, H, W), grad_out dL/dy (N, O, OH, OW), weight_shape (O, C/G, KH, KW).
     Returns: dL/dW (O, C/G, KH, KW), summed over the batch.
     """
-    if uses_shifted_rows(get_array_module(x, grad_out), stride):
+    if uses_shifted_rows(get_array_module(x, grad_out), stride, weight_shape[1]):
         return conv_weight_grad_shifted_rows(x, grad_out, weight_shape, padding, groups)
     return conv_weight_grad_im2col(x, grad_out, weight_shape, stride, padding, groups)
 
@@ -513,17 +555,86 @@ def conv_input_grad_col2im(grad_out, weight, x_shape, stride, padding, groups):
     return grad_x
 
 
+def input_grad_is_a_conv(kernel, stride, padding):
+    """Whether dL/dx can be the flipped convolution of ``conv_input_grad_flipped``, for a (KH, KW) kernel.
+
+    It needs: stride 1 (at stride S, dL/dy would need S - 1 zeros between its pixels); padding
+    KH - 1 - P >= 0 (conv_forward pads, it cannot crop); and KH == KW, because it needs KH - 1 - P
+    rows of zeros above and below dL/dy but KW - 1 - P columns left and right, while conv_forward
+    (pad_hw, image_rows) takes ONE padding for both axes. With KH - 1 - P on both, a non-square
+    kernel would give an output W + 2(KH - KW) wide, its columns misplaced.
+    """
+    kh, kw = kernel
+    return stride == 1 and kh == kw and padding <= kh - 1
+
+
 def conv_input_grad(grad_out, weight, x_shape, stride, padding, groups):
     """dL/dx (N, C, H, W) from dL/dy (N, O, OH, OW) and W (O, C/G, KH, KW): a flipped conv or col2im."""
-    kh, kw = weight.shape[2:]
-    # The flipped convolution needs: stride 1 (at stride S, dL/dy would need S - 1 zeros between its
-    # pixels); padding KH - 1 - P >= 0 (conv_forward pads, it cannot crop); and KH == KW, because
-    # it needs KH - 1 - P rows of zeros above and below dL/dy but KW - 1 - P columns left and right,
-    # while conv_forward (pad_hw, image_rows) takes ONE padding for both axes. With KH - 1 - P on
-    # both, a non-square kernel would give an output W + 2(KH - KW) wide, its columns misplaced.
-    if stride == 1 and kh == kw and padding <= kh - 1:
+    if input_grad_is_a_conv(weight.shape[2:], stride, padding):
         return conv_input_grad_flipped(grad_out, weight, padding, groups)
     return conv_input_grad_col2im(grad_out, weight, x_shape, stride, padding, groups)
+
+
+def conv_backward_shifted_rows(x, weight, grad_out, padding, groups, needs_x=True, needs_weight=True):
+    """Stride 1 on the CPU, where dL/dx is a conv (``input_grad_is_a_conv``): both gradients, chunk by chunk.
+
+    One layout of dL/dy serves both. ``image_rows`` of dL/dy with padding P' = K - 1 - P is what the
+    flipped convolution (``conv_input_grad_flipped``) reads its shifted views from; and its rows
+    P' + 1 to P' + OH hold each row of dL/dy followed by zeros, RW = W + P wide in all (the rows of x
+    are as wide), which is dL/dy with zeros at the junk entries, as ``weight_grad_products`` needs.
+    So dL/dy is copied once, not once for each gradient, and its chunk is still in the cache when
+    the second gradient reads it. ``python -m tinyse.bench`` row ``conv3x3 fwd+bwd``; A/B against the
+    two separate passes (``conv_input_grad``, then ``conv_weight_grad``): see ``Conv2d.backward``.
+    Inputs: x (N, C, H, W), weight W (O, C/G, K, K), grad_out dL/dy (N, O, OH, OW).
+    Returns: (dL/dx (N, C, H, W) or None, dL/dW (O, C/G, K, K) or None), as ``needs_x`` and ``needs_weight`` ask.
+    """
+    xp = get_array_module(x, weight, grad_out)
+    n, c, h, w = x.shape
+    o, cg, k, _ = weight.shape
+    og = o // groups
+    oh = grad_out.shape[2]
+    grad_padding = k - 1 - padding  # P'
+    rw = row_width(w, k, 1, padding)  # = W + P = OW + P', the rows of x and of dL/dy alike
+    flipped_offsets = xp.ascontiguousarray(flipped_transposed(weight, groups).transpose(2, 3, 0, 1))
+    flipped_offsets = flipped_offsets.reshape(k, k, groups, cg, og)  # W' as (K, K, G, Cg, Og)
+    grad_x = xp.empty(x.shape, dtype=x.dtype) if needs_x else None
+
+    def run(start, stop):
+        grad_rows = image_rows(grad_out[start:stop], k, k, grad_padding, key="grad_rows")  # (B, O, (OH+2P'+2)*RW)
+        if needs_x:  # the flipped convolution, as conv_forward_shifted_rows computes it
+            grad_x_rows = workspace(xp, "conv_forward", (stop - start, groups, cg, h * rw), x.dtype)
+            sum_of_shifted_products(grad_rows, flipped_offsets, h, rw, grad_padding, out=grad_x_rows)
+            grad_x[start:stop] = grad_x_rows.reshape(stop - start, c, h, rw)[..., :w]  # crop the junk entries
+        if needs_weight:
+            first = (grad_padding + 1) * rw  # rows P' + 1 ... P' + OH: dL/dy, zeros at the junk entries
+            grad_y = grad_rows[:, :, first : first + oh * rw].reshape(stop - start, groups, og, oh * rw)
+            x_rows = image_rows(x[start:stop], k, k, padding)  # (B, C, (H + 2P + 2) * RW)
+            return weight_grad_products(x_rows, grad_y.transpose(0, 1, 3, 2), k, k, oh, rw, padding)
+
+    # rows of about OH*RW values: dL/dy's (O); for dL/dx its rows and the work array of the sum (2C); x's (C)
+    rows_per_image = o + (2 * c if needs_x else 0) + (c if needs_weight else 0)
+    image_bytes = bytes_per_image(rows_per_image, oh, rw, x.itemsize)
+    if needs_weight:  # and weight_grad_products' (KH, KW, G, Cg, Og) per image
+        image_bytes += k * k * cg * o * x.itemsize
+    partial_sums = for_each_chunk(xp, n, image_bytes, run)
+    grad_weight = None
+    if needs_weight:  # (G, Cg, KH, KW, Og) summed over chunks -> (G, Og, Cg, KH, KW) -> (O, Cg, KH, KW)
+        grad_weight = sum(partial_sums).transpose(0, 4, 1, 2, 3).reshape(weight.shape)
+    return grad_x, grad_weight
+
+
+def conv_backward(x, weight, grad_out, stride, padding, groups, needs_x=True, needs_weight=True):
+    """(dL/dx, dL/dW), each None unless asked for: both from one layout of dL/dy where the CPU's shifted
+    rows can (``conv_backward_shifted_rows``), else ``conv_input_grad`` and ``conv_weight_grad`` apart.
+
+    Inputs: x (N, C, H, W), weight W (O, C/G, KH, KW), grad_out dL/dy (N, O, OH, OW).
+    """
+    xp = get_array_module(x, weight, grad_out)
+    if uses_shifted_rows(xp, stride, weight.shape[1]) and input_grad_is_a_conv(weight.shape[2:], stride, padding):
+        return conv_backward_shifted_rows(x, weight, grad_out, padding, groups, needs_x, needs_weight)
+    grad_x = conv_input_grad(grad_out, weight, x.shape, stride, padding, groups) if needs_x else None
+    grad_weight = conv_weight_grad(x, grad_out, weight.shape, stride, padding, groups) if needs_weight else None
+    return grad_x, grad_weight
 
 
 class Conv2d(Function):
@@ -534,6 +645,8 @@ class Conv2d(Function):
         dL/dx = col2im(W^T dL/dy)                dL/db[o] = sum over (n, r, s) of dL/dy[n, o, r, s]
     Shapes: x (N, C, H, W), W (O, C/G, KH, KW), b (O,) or None -> y (N, O, OH, OW).
     """
+
+    fresh_input_grads = True  # each gradient is a new array (the flipped conv's output, col2im's, a sum)
 
     def __init__(self, stride=1, padding=0, groups=1):
         self.stride, self.padding, self.groups = stride, padding, groups
@@ -548,15 +661,11 @@ class Conv2d(Function):
         return y
 
     def backward(self, grad_out):
-        grad_x = grad_weight = grad_bias = None
-        if self.needs_input_grad[0]:
-            grad_x = conv_input_grad(grad_out, self.weight, self.x.shape, self.stride, self.padding, self.groups)
-        if self.needs_input_grad[1]:
-            grad_weight = conv_weight_grad(
-                self.x, grad_out, self.weight.shape, self.stride, self.padding, self.groups
-            )
-        if self.needs_input_grad[2]:
-            grad_bias = grad_out.sum(axis=(0, 2, 3))
+        needs = self.needs_input_grad  # (x, weight, bias), or (x, weight) when called without a bias
+        grad_x, grad_weight = conv_backward(
+            self.x, self.weight, grad_out, self.stride, self.padding, self.groups, needs[0], needs[1]
+        )
+        grad_bias = grad_out.sum(axis=(0, 2, 3)) if len(needs) > 2 and needs[2] else None
         return grad_x, grad_weight, grad_bias
 
 

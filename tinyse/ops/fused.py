@@ -23,23 +23,30 @@ from tinyse.tensor import Function
 
 
 class BatchNormReLU(BatchNorm):
-    """y = relu(gamma x_hat + beta): batch norm (see ``BatchNorm``) with the ReLU in its last pass."""
+    """y = relu(gamma x_hat + beta): batch norm (see ``BatchNorm``) with the ReLU in its last pass.
 
-    def scale_shift(self, values, scale, shift):
+    Passes over the activation on NumPy, besides batch norm's: the forward's max(y, 0), in place
+    (R + W); the backward's mask y > 0 (R, and a new bool array) and dL/dy * mask (R + W, a new array,
+    which batch norm's backward then reads as its dL/dy).
+    """
+
+    def forward(self, x, gamma=None, beta=None):
+        self.y = super().forward(x, gamma, beta)  # also the next layer's input, so keeping it costs no memory
+        return self.y
+
+    def scale_shift(self, values, scale, shift, out):
         if get_array_module(values) is np or shift is None:
-            y = super().scale_shift(values, scale, shift)
-            get_array_module(y).maximum(y, 0, out=y)
+            super().scale_shift(values, scale, shift, out)
+            get_array_module(out).maximum(out, 0, out=out)
         else:
             kernel = elementwise_kernel(
                 "T values, T scale, T shift", "T y", "T v = values * scale + shift; y = v > 0 ? v : (T)0",
                 "tinyse_bn_relu",
             )
-            y = kernel(values, scale[:, None], shift[:, None])
-        self.y = y  # (N, C, H*W); also the next layer's input, so keeping it costs no memory
-        return y
+            kernel(values, scale[:, None], shift[:, None], out)
 
     def backward(self, grad_out):
-        return super().backward(relu_grad(grad_out, self.y.reshape(grad_out.shape)))
+        return super().backward(relu_grad(grad_out, self.y))
 
 
 class ScaleAddReLU(Function):
@@ -49,6 +56,10 @@ class ScaleAddReLU(Function):
     Shapes: u (N, C, H, W), s (N, C) or None, shortcut (N, C, H, W) -> y (N, C, H, W).
     Backward, with g = dL/dy where y > 0, else 0:
         dL/du = g * s[n, c],   dL/ds[n, c] = sum over h, w of g * u,   dL/dshortcut = g.
+    Passes over the activation on NumPy (R reads it, W writes it), with s: forward u * s (R + W, the
+    new output), + shortcut (2R + W), max(y, 0) (R + W), all in place after the first; backward the
+    mask (R, a bool array), g (R + W, new), g * s (R + W, new), dL/ds (2R). g goes to the shortcut as it
+    is, so dL/du cannot be written into it.
     """
 
     def forward(self, u, s, shortcut):

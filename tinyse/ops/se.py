@@ -96,6 +96,8 @@ class SEScale(Function):
     Shapes: U (N, C, H, W), s (N, C) -> (N, C, H, W).
     """
 
+    fresh_input_grads = True  # both gradients are new arrays
+
     def forward(self, u, s):
         if u.ndim != 4 or s.shape != u.shape[:2]:
             raise ValueError(f"se_scale expects u (N, C, H, W) and s (N, C), got u {u.shape}, s {s.shape}")
