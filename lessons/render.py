@@ -237,7 +237,9 @@ def write_index():
         copy = rendered_path(path)
         if copy.exists():
             found = RUN_LINE.search(copy.read_text(encoding="utf-8"))
-            when = f"{found['date']}, {float(found['seconds']) / 60:.1f} min" if found else "?"
+            seconds = float(found["seconds"]) if found else None
+            took = f"{seconds:.0f} s" if seconds is not None and seconds < 90 else f"{(seconds or 0) / 60:.1f} min"
+            when = f"{found['date']}, {took}" if found else "?"
             rows.append(f"| {int(path.name[:2])} | [{title_of(path)}]({copy.name}) | {when} |")
         else:
             rows.append(f"| {int(path.name[:2])} | {title_of(path)} (not rendered yet) | |")

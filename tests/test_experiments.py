@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from test_data import make_cifar10_folder
+from threadpoolctl import threadpool_limits
 
 from tinyse import experiments, models
 from tinyse import train as train_module
@@ -366,10 +367,13 @@ def test_two_runs_at_a_time_each_in_its_own_process_with_one_thread(fake_cifar10
         assert (folder / "train.log").read_text().count("epoch   1") == 1
         assert json.loads((folder / "config.json").read_text())["threads"] == max(1, workers() // 2)
         assert (folder / "summary.json").exists() and (folder / "weights.npz").exists()
-    # the same runs trained one at a time, in this process, with as many threads: the same weights
+    # the same runs trained one at a time, in this process, with as many threads (tinyse's and BLAS's, as each
+    # child process had): the same weights. BLAS's thread count matters too: a product split over two threads
+    # may add in another order.
     os.environ["TINYSE_NUM_THREADS"], before = "1", os.environ.get("TINYSE_NUM_THREADS")
     try:
-        serial = run_compare(fake_cifar10, seeds=[0], out="serial")[1]
+        with threadpool_limits(limits=1, user_api="blas"):
+            serial = run_compare(fake_cifar10, seeds=[0], out="serial")[1]
     finally:
         os.environ.pop("TINYSE_NUM_THREADS") if before is None else os.environ.update(TINYSE_NUM_THREADS=before)
     assert [r["test_acc"] for r in serial["runs"]] == [r["test_acc"] for r in results["runs"]]

@@ -10,7 +10,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from hypothesis import assume, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import tinyse.functional as F
@@ -211,10 +211,22 @@ PLAIN_VERSIONS = {  # name: (forward, backward) on raw arrays, whole batch at on
 }
 
 
+@pytest.fixture(params=["images in a row", "one image per product"])
+def product_pixels(request):
+    """Both weight gradients of the shifted rows: small images (all the random cases) one after another in each
+    product (the default), or one product per image, as larger images run (MIN_PRODUCT_PIXELS 0)."""
+    from tinyse.ops import conv
+
+    with pytest.MonkeyPatch.context() as patch:
+        if request.param == "one image per product":
+            patch.setattr(conv, "MIN_PRODUCT_PIXELS", 0)
+        yield request.param
+
+
 @pytest.mark.parametrize("version", PLAIN_VERSIONS)
-@settings(max_examples=60)
+@settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(case=conv_cases())
-def test_plain_versions_forward_and_backward_equal_the_fast_op_and_torch(version, case):
+def test_plain_versions_forward_and_backward_equal_the_fast_op_and_torch(version, case, product_pixels):
     """conv2d_naive / conv2d_naive_backward and conv2d_im2col / conv2d_im2col_backward == the Conv2d op (in chunks,
     shifted rows at stride 1) == torch: y, dL/dx, dL/dW, dL/db.
 
@@ -344,7 +356,7 @@ def test_stride1_input_grad_as_flipped_conv_equals_col2im(n, groups, cg, og, k, 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("stride", [1, 2])
-def test_conv2d_in_many_chunks_equals_naive(monkeypatch, threads, stride):
+def test_conv2d_in_many_chunks_equals_naive(monkeypatch, threads, stride, product_pixels):
     """Forward and both gradients are the same whether the batch runs whole or in uneven chunks on a thread pool."""
     monkeypatch.setenv("TINYSE_NUM_THREADS", str(threads))
     monkeypatch.setattr(parallel, "CACHE_BYTES", 1)  # one image per chunk

@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tinyse import parallel
+import tinyse.functional as F
+from tinyse import Tensor, parallel
 
 
 @settings(max_examples=200)
@@ -57,3 +58,38 @@ def test_workspace_is_remade_for_a_larger_batch_or_another_shape(shape):
         other[...] = 2
         again = parallel.workspace(np, key, (4, shape[1]), np.float64)
         assert np.shares_memory(again, other) and (again == 2).all()
+
+
+CHUNKED_OPS = {  # ops whose NumPy passes run the batch in chunks on every core: (x, gates, shortcut, gamma, beta) -> y
+    "batch_norm": lambda x, s, r, g, b: F.batch_norm(x, g, b, training=True),
+    "batch_norm eval": lambda x, s, r, g, b: F.batch_norm(x, g, b, np.zeros(3), np.full(3, 2.0), training=False),
+    "batch_norm_relu": lambda x, s, r, g, b: F.batch_norm_relu(x, g, b, None, None, training=True),
+    "se_scale_add_relu": lambda x, s, r, g, b: F.se_scale_add_relu(x, s, r),
+    "add_relu": lambda x, s, r, g, b: F.add_relu(x, r),
+    "relu": lambda x, s, r, g, b: F.relu(x),
+    "se_squeeze": lambda x, s, r, g, b: F.se_squeeze(x),
+}
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("name", CHUNKED_OPS)
+def test_ops_in_many_chunks_on_threads_equal_one_chunk(monkeypatch, name, threads):
+    """Forward and every gradient are the same whether the batch runs as one chunk or one image per chunk, on
+    1 to 3 threads (up to the order of the partial sums)."""
+    rng = np.random.default_rng(3)
+    shape = (7, 3, 4, 5)
+    arrays = [rng.standard_normal(shape), rng.random(shape[:2]) + 0.5, rng.standard_normal(shape),
+              rng.random(3) + 0.5, rng.standard_normal(3)]
+    upstream = rng.standard_normal(CHUNKED_OPS[name](*[Tensor(a) for a in arrays]).shape)
+    monkeypatch.setenv("TINYSE_NUM_THREADS", str(threads))
+    results = []
+    for cache_bytes in (parallel.CACHE_BYTES, 1):  # the whole batch in one chunk; one image per chunk
+        monkeypatch.setattr(parallel, "CACHE_BYTES", cache_bytes)
+        tensors = [Tensor(a.copy(), requires_grad=True) for a in arrays]
+        CHUNKED_OPS[name](*tensors).backward(upstream)
+        results.append([CHUNKED_OPS[name](*tensors).data] + [t.grad for t in tensors])
+    for whole, chunked in zip(*results):
+        if whole is None:
+            assert chunked is None
+        else:
+            np.testing.assert_allclose(chunked, whole, rtol=1e-12, atol=1e-12)

@@ -5,14 +5,18 @@ matrix product over all cores only when the product is large. A convolution
 on CIFAR-sized images is many small products. So the conv splits its batch
 into chunks of a few images, small enough that a chunk's work arrays stay in
 the core's cache, and runs the chunks on one thread per core: the calling
-thread and a pool of the others.
+thread and a pool of the others. The elementwise ops that pass over whole
+activations (batch norm, the fused ops, ReLU, the squeeze) do the same with
+``for_each_chunk_of``: each chunk goes through all of an op's passes while
+it is in the cache.
 NumPy releases the GIL inside BLAS calls, copies and elementwise loops, so
-they really run at once. The products then get faster with every core; the
-copies, bound by memory, barely do (measured on 2 cores: two threads copying
-take about as long as one copying twice as much), which is why the stride-1
-conv avoids im2col's copies. While the pool runs, BLAS is held to one thread
-each: two threads that each start a multi-threaded BLAS call fight for the
-same cores and run many times slower.
+they really run at once. The products then get faster with every core; passes
+bound by memory less so (2-core Intel Xeon, 2026-12-02: two threads, each
+multiplying its own 8 MB arrays, did twice the work of one in 1/1.6 of the
+time; a product, 1/1.8), which is why the stride-1 conv avoids im2col's copies.
+While the chunks run, BLAS is held to one thread each: two threads that each
+start a multi-threaded BLAS call fight for the same cores and run many times
+slower.
 
 On the GPU there is nothing to gain: the whole batch is one chunk, run in the
 calling thread.

@@ -39,7 +39,12 @@ class ReLU(Function):
     fresh_input_grads = True  # relu_grad makes a new array
 
     def forward(self, x):
-        self.y = get_array_module(x).maximum(x, 0)  # y > 0 exactly where x > 0: the mask, without a pass to make it
+        # y > 0 exactly where x > 0: y is the backward's mask, without a pass to make it
+        if get_array_module(x) is np and x.ndim > 0:  # the batch in chunks, on every core
+            self.y = np.empty_like(x)
+            for_each_chunk_of([x, self.y], lambda a, b: np.maximum(x[a:b], 0, out=self.y[a:b]))
+        else:
+            self.y = get_array_module(x).maximum(x, 0)
         return self.y
 
     def backward(self, grad_out):

@@ -75,11 +75,17 @@ def window(i, j, stride, oh, ow):
 
 
 def pad_hw(x, padding, value=0):
-    """x (N, C, H, W) -> (N, C, H + 2P, W + 2P): ``padding`` values ``value`` on every side of the spatial axes."""
+    """x (N, C, H, W) -> (N, C, H + 2P, W + 2P): ``padding`` values ``value`` on every side of the spatial axes.
+
+    Filled, then x copied in: the same as np.pad(x, ..., constant_values=value), which took 2.4x as long
+    (11x16x32x32 float32, 2-core Intel Xeon, 2026-12-02; im2col pads every chunk it copies).
+    """
     if padding == 0:
         return x
-    width = ((0, 0), (0, 0), (padding, padding), (padding, padding))
-    return get_array_module(x).pad(x, width, constant_values=value)
+    n, c, h, w = x.shape
+    padded = get_array_module(x).full((n, c, h + 2 * padding, w + 2 * padding), value, dtype=x.dtype)
+    padded[:, :, padding : padding + h, padding : padding + w] = x
+    return padded
 
 
 def check_window(name, x_shape, kernel, stride, padding):
@@ -447,6 +453,48 @@ def weight_grad_products(x_rows, grad_t, kh, kw, oh, rw, padding):
     return products.sum(axis=0).transpose(2, 3, 0, 1, 4)  # (G, Cg, KH, KW, Og)
 
 
+MIN_PRODUCT_PIXELS = 128  # OH*RW below this: the weight gradient runs the images of a chunk one after another
+
+
+def weight_grad_images_in_a_row(x, grad_out, k, padding, groups):
+    """``weight_grad_products`` for small images (OH*RW < ``MIN_PRODUCT_PIXELS``, such as 8x8): one product per
+    kernel offset for the whole chunk, shifted(i, j) (Cg, B*S*RW) @ dL/dy^T (B*S*RW, Og), instead of one per image.
+
+    Each product per image sums over only OH*RW pixels (72 at 8x8), too few for BLAS to run fast. So here the
+    images of a chunk go one after another in each channel's rows: rows RW wide as in ``image_rows``, and
+    images S = H + P rows apart, so that the P zero rows after one image pad both it and the next, as the
+    zeros after each row pad the next row. The view that kernel offset (i, j) meets is again one contiguous
+    run, now through every image of the chunk, and dL/dy is laid out the same way, with zeros at the junk
+    entries (the RW - OW after each row, and the S - OH rows after each image), so that BLAS adds up the
+    whole chunk. Measured for 64 channels at 8x8 (batch 128, float32, 2 threads, A/B in one process,
+    2026-12-02, 2-core Intel Xeon): the weight gradient in 0.79 of the time; at 16x16 it took 1.43x as
+    long (272 pixels per image are enough), at 32x32 3.2x.
+    Inputs: x (B, C, H, W), grad_out dL/dy (B, O, OH, OW), stride 1, P <= K - 1 (``input_grad_is_a_conv``).
+    Returns the chunk's (G, Cg, K, K, Og), a new array.
+    """
+    xp = get_array_module(x, grad_out)
+    b, c, h, w = x.shape
+    o, oh, ow = grad_out.shape[1:]
+    rw, rows_per_image = row_width(w, k, 1, padding), h + padding  # S = H + P >= OH, since P <= K - 1
+    length = b * rows_per_image * rw  # of each product's inner dimension
+    # P + 1 zero rows above the first image, as in image_rows, and room below the last for the largest offset
+    all_rows = b * rows_per_image + padding + k + 2
+    x_rows = workspace(xp, ("images_in_a_row", b, h, w, padding), (c, all_rows, rw), x.dtype)
+    images = x_rows[:, padding + 1 : padding + 1 + b * rows_per_image].reshape(c, b, rows_per_image, rw)
+    images[:, :, :h, :w] = x.transpose(1, 0, 2, 3)
+    grad_rows = workspace(xp, ("images_in_a_row_grad", b, oh, ow), (o, b, rows_per_image, rw), x.dtype)
+    grad_rows[:, :, :oh, :ow] = grad_out.transpose(1, 0, 2, 3)
+    x_flat = x_rows.reshape(groups, c // groups, -1)
+    grad_t = grad_rows.reshape(groups, o // groups, length).transpose(0, 2, 1)  # (G, B*S*RW, Og)
+    products = xp.empty((k, k, groups, c // groups, o // groups), dtype=x.dtype)
+    for i in range(k):
+        for j in range(k):
+            start = row_start(i, j, rw, padding)
+            # (G, Cg, B*S*RW) @ (G, B*S*RW, Og) -> (G, Cg, Og)
+            xp.matmul(x_flat[:, :, start : start + length], grad_t, out=products[i, j])
+    return products.transpose(2, 3, 0, 1, 4)  # (G, Cg, KH, KW, Og)
+
+
 def conv_weight_grad_shifted_rows(x, grad_out, weight_shape, padding, groups):
     """Stride 1 on the CPU: dL/dW[:, :, i, j] = (shifted(i, j) (Cg, OH*RW) @ dL/dy^T (OH*RW, Og))^T.
 
@@ -583,8 +631,13 @@ def conv_backward_shifted_rows(x, weight, grad_out, padding, groups, needs_x=Tru
     P' + 1 to P' + OH hold each row of dL/dy followed by zeros, RW = W + P wide in all (the rows of x
     are as wide), which is dL/dy with zeros at the junk entries, as ``weight_grad_products`` needs.
     So dL/dy is copied once, not once for each gradient, and its chunk is still in the cache when
-    the second gradient reads it. ``python -m tinyse.bench`` row ``conv3x3 fwd+bwd``; A/B against the
-    two separate passes (``conv_input_grad``, then ``conv_weight_grad``): see ``Conv2d.backward``.
+    the second gradient reads it. Conv fwd+bwd (the op, as the bench row ``conv3x3 fwd+bwd``), A/B in
+    one process against the two gradients apart (``conv_input_grad``, then ``conv_weight_grad``),
+    2026-12-02, 2-core Intel Xeon, at SE-ResNet-20's three stage shapes: 0.97 / 0.92 / 0.95 of the
+    time on one thread; about even on two (1.04 / 0.98 / 0.99), where larger chunks would win (0.93 /
+    0.97 / 0.87 of the backward with CACHE_BYTES 4 MB), but the whole SE-ResNet-20 step took 0.98 of
+    its time with 3 MB and 1.00 with 4 MB: too little to leave the 2 MB that README.md's machine
+    measured best.
     Inputs: x (N, C, H, W), weight W (O, C/G, K, K), grad_out dL/dy (N, O, OH, OW).
     Returns: (dL/dx (N, C, H, W) or None, dL/dW (O, C/G, K, K) or None), as ``needs_x`` and ``needs_weight`` ask.
     """
@@ -605,6 +658,8 @@ def conv_backward_shifted_rows(x, weight, grad_out, padding, groups, needs_x=Tru
             grad_x_rows = workspace(xp, "conv_forward", (stop - start, groups, cg, h * rw), x.dtype)
             sum_of_shifted_products(grad_rows, flipped_offsets, h, rw, grad_padding, out=grad_x_rows)
             grad_x[start:stop] = grad_x_rows.reshape(stop - start, c, h, rw)[..., :w]  # crop the junk entries
+        if needs_weight and oh * rw < MIN_PRODUCT_PIXELS:  # small images
+            return weight_grad_images_in_a_row(x[start:stop], grad_out[start:stop], k, padding, groups)
         if needs_weight:
             first = (grad_padding + 1) * rw  # rows P' + 1 ... P' + OH: dL/dy, zeros at the junk entries
             grad_y = grad_rows[:, :, first : first + oh * rw].reshape(stop - start, groups, og, oh * rw)

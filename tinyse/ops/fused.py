@@ -19,6 +19,7 @@ import numpy as np
 from tinyse.backend import elementwise_kernel, get_array_module
 from tinyse.ops.activation import relu_grad
 from tinyse.ops.norm import BatchNorm
+from tinyse.parallel import for_each_chunk_of
 from tinyse.tensor import Function
 
 
@@ -68,13 +69,18 @@ class ScaleAddReLU(Function):
                 f"se_scale_add_relu expects u (N, C, H, W), s (N, C) and a shortcut shaped as u, "
                 f"got u {u.shape}, s {None if s is None else s.shape}, shortcut {shortcut.shape}"
             )
-        if get_array_module(u, s, shortcut) is np:
-            if s is None:
-                y = u + shortcut
-            else:
-                y = u * s[:, :, None, None]
-                y += shortcut
-            np.maximum(y, 0, out=y)
+        if get_array_module(u, s, shortcut) is np:  # each chunk of the batch through the three passes, on every core
+            y = np.empty_like(u)
+
+            def scale_add_relu(a, b):
+                if s is None:
+                    np.add(u[a:b], shortcut[a:b], out=y[a:b])
+                else:
+                    np.multiply(u[a:b], s[a:b, :, None, None], out=y[a:b])
+                    y[a:b] += shortcut[a:b]
+                np.maximum(y[a:b], 0, out=y[a:b])
+
+            for_each_chunk_of([u, shortcut, y], scale_add_relu)
         elif s is None:
             y = elementwise_kernel(
                 "T u, T shortcut", "T y", "T v = u + shortcut; y = v > 0 ? v : (T)0", "tinyse_add_relu"
@@ -87,11 +93,25 @@ class ScaleAddReLU(Function):
         return y
 
     def backward(self, grad_out):
-        g = relu_grad(grad_out, self.y)
-        xp = get_array_module(g)
-        grad_u = grad_s = None
-        if self.needs_input_grad[0]:
-            grad_u = g if self.s is None else g * self.s[:, :, None, None]
-        if self.needs_input_grad[1]:
-            grad_s = xp.einsum("nchw,nchw->nc", g, self.u)
-        return grad_u, grad_s, g if self.needs_input_grad[2] else None
+        u, s, y, need = self.u, self.s, self.y, self.needs_input_grad
+        if get_array_module(grad_out, y) is not np:
+            g = relu_grad(grad_out, y)
+            grad_u = (g if s is None else g * s[:, :, None, None]) if need[0] else None
+            grad_s = get_array_module(g).einsum("nchw,nchw->nc", g, u) if need[1] else None
+            return grad_u, grad_s, g if need[2] else None
+        # NumPy: each chunk of the batch through g, dL/du and dL/ds while it is in the cache, on every core
+        g = np.empty(y.shape, y.dtype)
+        grad_u = np.empty_like(g) if need[0] and s is not None else None
+        grad_s = np.empty(s.shape, s.dtype) if need[1] else None
+
+        def gradients(a, b):
+            np.multiply(grad_out[a:b], y[a:b] > 0, out=g[a:b])  # g = relu_grad(grad_out, y)
+            if grad_u is not None:
+                np.multiply(g[a:b], s[a:b, :, None, None], out=grad_u[a:b])
+            if grad_s is not None:
+                grad_s[a:b] = np.einsum("nchw,nchw->nc", g[a:b], u[a:b])
+
+        for_each_chunk_of([grad_out, y, g] if grad_u is None else [grad_out, y, g, grad_u], gradients)
+        if need[0] and s is None:
+            grad_u = g
+        return grad_u, grad_s, g if need[2] else None

@@ -10,6 +10,7 @@ import math
 
 from tinyse.backend import get_array_module
 from tinyse.ops.conv import check_window, output_size, pad_hw, pair, window
+from tinyse.parallel import for_each_chunk_of
 from tinyse.tensor import Function
 
 
@@ -107,8 +108,15 @@ class GlobalAvgPool2d(Function):
         n, c, h, w = self.x_shape = x.shape
         # The einsum sums each (n, c) row in one pass. Timed once against x.mean(axis=(2, 3)) (no bench row
         # compares the two): 1.4x, 1.7x and 3.2x faster at the three ResNet-20 stage shapes, batch 128, float32
-        # (NumPy 2.4.6, 2-core Xeon, 2026-12-02).
-        return get_array_module(x).einsum("nci->nc", x.reshape(n, c, h * w)) / (h * w)
+        # (NumPy 2.4.6, 2-core Xeon, 2026-12-02). The batch goes in chunks, on every core.
+        xp = get_array_module(x)
+        rows, sums = x.reshape(n, c, h * w), xp.empty((n, c), dtype=x.dtype)
+
+        def sum_rows(a, b):
+            sums[a:b] = xp.einsum("nci->nc", rows[a:b])
+
+        for_each_chunk_of([rows], sum_rows)
+        return sums / (h * w)
 
     def backward(self, grad_out):
         xp = get_array_module(grad_out)
