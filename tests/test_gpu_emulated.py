@@ -219,3 +219,25 @@ def test_twenty_sgd_steps_on_the_gpu_equal_the_cpus():
     assert rel_error(np.array(gpu_losses), np.array(cpu_losses)) < 1e-10, (gpu_losses, cpu_losses)
     for key, value in cpu_state.items():
         assert rel_error(gpu_state[key], value) < 1e-10, key
+
+
+def test_a_training_epoch_reads_the_loss_from_the_device_only_at_its_end(small_cifar10, tmp_path):
+    """The loss and the correct answers of each step stay on the device (``train.record_step``): with no bar
+    drawn, an epoch of 4 steps reads them once, at its end: a float and an int, 2 host synchronisations
+    (reading them at every step, as before, made 8). Nothing else in the loop waits for the GPU."""
+    from tinyse import train as train_module
+
+    args = ["--data-dir", str(small_cifar10), "--out", str(tmp_path / "run"), "--device", "gpu", *RUN]
+    config = config_from_args(parse_args([*args, "--batch-size", "8"]))  # 32 images: 4 steps
+    _, loaders = train_module.build_data(config)
+    model = train_module.build_model(config, 10)
+    optimizer = train_module.build_optimizer(config, model)
+    state = train_module.RunState()
+    with emulated_cupy.counting() as counts:
+        finished = train_module.train_epoch(
+            model, optimizer, lambda epoch: 0.05, loaders["train"], state, train_module.StopRequest(),
+            train_module.Progress(4, enabled=False))
+    totals = state.epoch_totals
+    assert finished and state.step == 4 and totals.seen == totals.read_seen == 32
+    assert counts["host_syncs"] == 2, counts
+    assert 0 < totals.loss_sum / 32 < 10 and 0 <= totals.correct <= 32

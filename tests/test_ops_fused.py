@@ -167,3 +167,20 @@ def test_cupy_kernels_equal_the_numpy_path(device):
         on_gpu = gradients_of(fused_op, [to_device(a, device) for a in arrays], to_device(grad_out, device))
         for got, expected in zip(on_gpu, on_cpu):
             assert rel_error(got, expected) < TORCH_TOLERANCE[np.float32]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("gated", [False, True], ids=["add_relu", "se_scale_add_relu"])
+def test_a_float64_shortcut_into_a_float32_block_gives_what_numpy_gives(device, gated):
+    """NumPy writes u's dtype (float32) whatever the shortcut's; a CuPy kernel takes one dtype and would raise.
+    Both devices give the float32 result, and the float64 shortcut gets a float64 gradient."""
+    rng = np.random.default_rng(5)
+    u = Tensor(rng.standard_normal((2, 3, 4, 4)).astype(np.float32), requires_grad=True).to(device)
+    s = Tensor(rng.random((2, 3)), requires_grad=True).to(device) if gated else None  # float64 too
+    shortcut = Tensor(rng.standard_normal((2, 3, 4, 4)), requires_grad=True).to(device)
+    y = F.se_scale_add_relu(u, s, shortcut) if gated else F.add_relu(u, shortcut)
+    expected = np.maximum(u.numpy() * (s.numpy()[:, :, None, None] if gated else 1) + shortcut.numpy(), 0)
+    assert y.dtype == np.float32 and rel_error(y.numpy(), expected) < 1e-6
+    y.sum().backward()
+    assert u.grad.dtype == np.float32 and shortcut.grad.dtype == np.float64
+    assert np.array_equal(to_device(shortcut.grad, "cpu"), (expected > 0).astype(np.float64))

@@ -110,8 +110,10 @@ def test_sgd_matches_torch_every_setting(settings):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_sgd_matches_torch_on_device(device, dtype):
-    assert_sgd_matches_torch(3, 5, dtype, (0.9, True, 5e-4), device)
+@pytest.mark.parametrize("settings", SETTINGS)
+def test_sgd_matches_torch_on_device(device, dtype, settings):
+    """On the GPU the step is one kernel per parameter (``SGD._step_in_one_kernel``): every setting against torch."""
+    assert_sgd_matches_torch(3, 5, dtype, settings, device)
 
 
 def test_parameters_without_gradient_are_skipped():

@@ -48,7 +48,7 @@ def test_he_is_the_default_and_keeps_the_settings_train_always_had():
 def test_fast_sets_every_ingredient():
     resolved = config_from_args(parse_args(["--recipe", "fast"]))
     expected = {"epochs": 15, "batch_size": 128, "lr": 0.2, "schedule": "onecycle", "momentum": 0.9, "nesterov": True,
-                "weight_decay": 5e-4, "decay_norm_and_bias": False, "label_smoothing": 0.1, "ema": 0.999,
+                "weight_decay": 5e-4, "decay_norm_and_bias": False, "label_smoothing": 0.1, "ema": 0.0,
                 "tta": "flip", "val_split": 0, "eval_every": 5, "warmup_epochs": 3.0, "div_factor": 25.0}
     assert {k: resolved[k] for k in expected} == expected
     assert resolved["library"] == "tinyse" and resolved["threads"] >= 1
@@ -96,10 +96,10 @@ def test_the_recipe_is_printed_at_the_start_of_a_run(fake_cifar10, capsys):
     printed = capsys.readouterr().out
     for text in ("recipe 'fast'", "0.2, onecycle: 0.2 epochs up from lr / 25, then linear to 0",
                  "SGD, Nesterov momentum 0.9, weight decay 0.0005, not on batch norm and biases",
-                 "label smoothing  0.1", "EMA, decay 0.999 per step", "flip, reported beside the single crop"):
+                 "label smoothing  0.1", "weight average   none", "flip, reported beside the single crop"):
         assert text in printed, text
     saved = json.loads((fake_cifar10 / "run" / "config.json").read_text())
-    assert saved["recipe"] == "fast" and saved["schedule"] == "onecycle" and saved["ema"] == 0.999
+    assert saved["recipe"] == "fast" and saved["schedule"] == "onecycle" and saved["ema"] == 0.0
 
 
 @pytest.mark.parametrize("main, argv", [

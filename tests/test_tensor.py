@@ -362,3 +362,16 @@ def test_fresh_input_grads_share_memory_with_nothing(name):
     for i, g in enumerate(grads):
         assert g.flags.writeable
         assert not any(np.shares_memory(g, other) for other in held + grads[:i] + grads[i + 1 :])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("as_tensor", [False, True], ids=["array", "Tensor"])
+def test_an_upstream_gradient_of_another_dtype_is_cast_to_the_tensors(device, as_tensor):
+    """A float64 upstream gradient into a float32 graph: cast once at the top, whether it comes as an array or
+    as a Tensor. Uncast, the float64 reaches the ReLU's CuPy kernel, which takes one dtype and raises."""
+    x = Tensor(np.array([[-1.0, 2.0], [3.0, -4.0]], np.float32), requires_grad=True).to(device)
+    y = F.relu(x * 2.0)
+    upstream = tinyse.backend.to_device(np.full((2, 2), 0.5), device)  # float64
+    y.backward(Tensor(upstream) if as_tensor else upstream)
+    assert x.grad.dtype == np.float32
+    assert np.array_equal(tinyse.backend.to_device(x.grad, "cpu"), np.array([[0.0, 1.0], [1.0, 0.0]], np.float32))

@@ -26,7 +26,7 @@ import re
 
 import numpy as np
 
-from tinyse.backend import device_of, get_array_module, to_device
+from tinyse.backend import device_of, elementwise_kernel, get_array_module, to_device
 from tinyse.tensor import Tensor
 
 
@@ -153,8 +153,11 @@ class SGD:
         for index, (p, weight_decay) in enumerate(zip(self.params, self.weight_decays())):
             if p.grad is None:
                 continue
-            get_array_module(p.data, p.grad)  # fails clearly when the gradient lives on another device
+            xp = get_array_module(p.data, p.grad)  # fails clearly when the gradient lives on another device
             g = p.grad.astype(p.data.dtype, copy=False)
+            if xp is not np and momentum != 0:  # the GPU: the four lines below in one kernel per parameter
+                self._step_in_one_kernel(index, p.data, g, lr, momentum, weight_decay)
+                continue
             if weight_decay != 0:
                 g = g + weight_decay * p.data  # a new array: p.grad itself is left as backward() made it
             if momentum != 0:
@@ -166,6 +169,24 @@ class SGD:
                     buf += g
                 g = g + momentum * buf if self.nesterov else buf
             p.data -= lr * g
+
+    def _step_in_one_kernel(self, index, param, grad, lr, momentum, weight_decay):
+        """``step`` for one parameter on the GPU, as one CuPy kernel: the same math as the NumPy lines
+        (one launch instead of six: SE-ResNet-20 has 95 parameters, so 95 launches a step instead of 570)."""
+        first = self.momentum_buffers[index] is None
+        if first:
+            self.momentum_buffers[index] = get_array_module(param).empty_like(param)
+        kernel = elementwise_kernel(
+            "T grad, T lr, T momentum, T weight_decay, bool nesterov, bool first", "T param, T buf",
+            """
+            T g = grad + weight_decay * param;
+            buf = first ? g : momentum * buf + g;
+            g = nesterov ? g + momentum * buf : buf;
+            param -= lr * g;
+            """,
+            "tinyse_sgd_step",
+        )
+        kernel(grad, lr, momentum, weight_decay, self.nesterov, first, param, self.momentum_buffers[index])
 
     # --- saving and resuming ---------------------------------------------------------------
     def state_dict(self):

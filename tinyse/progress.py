@@ -81,12 +81,19 @@ class Progress:
             clocks += f"  run {format_duration(t['run_elapsed'])} eta {format_duration(t['run_eta'])}"
         return f"{self.title} [{bar}] {self.done}/{self.total}{shown}{clocks}"
 
+    def due(self):
+        """True when the next ``update`` will draw (at most 10 times a second, and the last step): the
+        caller reads values that cost a host synchronisation on a GPU only then."""
+        if not self.enabled:
+            return False
+        return self.last_draw is None or self.clock() - self.last_draw > 0.1 or self.done + 1 == self.total
+
     def update(self, **values):
         """One more step done; ``values`` are shown as name=value (redrawn at most 10 times a second)."""
+        draw = self.due()
         self.done += 1
-        now = self.clock()
-        if self.enabled and (self.last_draw is None or now - self.last_draw > 0.1 or self.done == self.total):
-            self.last_draw = now
+        if draw:
+            self.last_draw = self.clock()
             self.stream.write(f"\r{self.line(**values)}\033[K")
             self.stream.flush()
 

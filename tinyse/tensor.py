@@ -173,7 +173,8 @@ class Tensor:
             if self.data.size != 1:
                 raise RuntimeError(f"backward() without a gradient needs a single value, got shape {self.shape}")
             grad = xp.ones_like(self.data)
-        grad = grad.data if isinstance(grad, Tensor) else xp.asarray(grad, dtype=self.dtype)
+        # in self's dtype, whatever came: CuPy's kernels take one dtype where NumPy would promote
+        grad = xp.asarray(grad.data if isinstance(grad, Tensor) else grad, dtype=self.dtype)
         if grad.shape != self.shape:
             raise ValueError(f"gradient of shape {grad.shape} for a tensor of shape {self.shape}")
 
@@ -181,10 +182,14 @@ class Tensor:
         owned = set()  # the keys of grads whose array nothing else holds (add_gradient)
         for tensor in reversed(_topological_order(self)):
             grad_out = grads.pop(id(tensor))
+            grad_is_ours = id(tensor) in owned
             owned.discard(id(tensor))
             op = tensor.creator
-            if op is None:  # a leaf: keep its gradient, summed over backward calls
-                tensor.grad = grad_out.copy() if tensor.grad is None else tensor.grad + grad_out
+            if op is None:  # a leaf: keep its gradient (a copy unless nothing else holds it), summed over calls
+                if tensor.grad is None:
+                    tensor.grad = grad_out if grad_is_ours else grad_out.copy()
+                else:
+                    tensor.grad = tensor.grad + grad_out
                 continue
             input_grads = op.backward(grad_out)
             if not isinstance(input_grads, tuple):

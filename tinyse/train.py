@@ -19,7 +19,8 @@ Two recipes (``--recipe``), each a set of defaults that every flag still overrid
     weight decay                1e-4, on everything     5e-4, not on batch norm    --weight-decay,
                                                         and biases                 --[no-]decay-norm-and-bias
     label smoothing             0                       0.1                        --label-smoothing
-    moving average (EMA)        none                    0.999 per step             --ema (0: none)
+    moving average (EMA)        none                    none (it cost 10 points    --ema DECAY (0: none)
+                                                        at 5 epochs: docs/runs)
     test-time flip              no                      reported beside            --tta
     validation split            5,000                   0 (train on all 50,000)    --val-split
     evaluate every              epoch                   5 epochs (and the last)    --eval-every
@@ -78,7 +79,7 @@ RECIPES = {
            "weight_decay": 1e-4, "decay_norm_and_bias": True, "label_smoothing": 0.0, "ema": 0.0, "tta": "none",
            "val_split": 5000, "eval_every": 1},
     "fast": {"epochs": 15, "batch_size": 128, "lr": 0.2, "schedule": "onecycle", "momentum": 0.9, "nesterov": True,
-             "weight_decay": 5e-4, "decay_norm_and_bias": False, "label_smoothing": 0.1, "ema": 0.999, "tta": "flip",
+             "weight_decay": 5e-4, "decay_norm_and_bias": False, "label_smoothing": 0.1, "ema": 0.0, "tta": "flip",
              "val_split": 0, "eval_every": 5},
 }
 ONECYCLE_WARMUP = 0.2  # --schedule onecycle rises over this fraction of the epochs unless --warmup-epochs says
@@ -115,7 +116,7 @@ def parse_args(argv=None, prog="python -m tinyse.train"):
              "conv and linear weights)")
     add("--label-smoothing", type=float, metavar="EPS", help="he 0, fast 0.1")
     add("--ema", type=float, metavar="DECAY",
-        help="evaluate and keep a moving average of the weights, this decay per step (he 0: none; fast 0.999)")
+        help="evaluate and keep a moving average of the weights, this decay per step (0: none, both recipes' default)")
     add("--tta", choices=("none", "flip"),
         help="flip: also report the accuracy of the mean logits of each image and its mirror image, beside "
              "the single-crop accuracy (he none, fast flip)")
@@ -246,20 +247,20 @@ def evaluate(model, loader, tta=False):
     """
     was_training = model.training
     model.eval()
-    loss_sum, correct, correct_tta, seen = 0.0, 0, 0, 0
+    totals, flipped = EpochTotals(), EpochTotals()  # sums kept on the device, read once at the end
     with no_grad():
         for images, labels in loader.batches(0):
             logits = model(images)
-            loss_sum += F.cross_entropy(logits, labels).item() * len(labels)
-            correct += int((logits.data.argmax(axis=1) == labels).sum())
+            totals.add(F.cross_entropy(logits, labels).data.astype(np.float64), logits.data, labels)
             if tta:
                 mean_logits = (logits.data + model(flip_images(images)).data) / 2
-                correct_tta += int((mean_logits.argmax(axis=1) == labels).sum())
-            seen += len(labels)
+                flipped.add(0.0, mean_logits, labels)
     model.train(was_training)
-    result = {"loss": loss_sum / seen, "acc": correct / seen}
+    totals.read()
+    result = {"loss": totals.loss_sum / totals.seen, "acc": totals.correct / totals.seen}
     if tta:
-        result["acc_flip_tta"] = correct_tta / seen
+        flipped.read()
+        result["acc_flip_tta"] = flipped.correct / flipped.seen
     return result
 
 
@@ -286,16 +287,9 @@ def train_epoch(model, optimizer, schedule, loader, state, stop, progress, label
         optimizer.step()                               # SGD with momentum and weight decay
         if ema is not None:
             ema.update(model)                          # the moving average of the weights
-        loss_value = totals.add(loss, logits, labels)  # loss sum, correct answers, images seen
-
-        state.step += 1
-        totals.seconds = time.perf_counter() - clock
-        if not math.isfinite(loss_value):
-            progress.close()
-            raise FloatingPointError(f"the loss became {loss_value} at epoch {epoch + 1}, step {state.step}")
-        progress.update(loss=totals.loss_sum / totals.seen, acc=100 * totals.correct / totals.seen,
-                        img_s=totals.seen / totals.seconds)
+        record_step(state, progress, loss.data.astype(np.float64), logits.data, labels, clock, steps_per_epoch)
         if stop.after_step():
+            totals.read()
             progress.close()
             return False
     progress.close()
@@ -303,22 +297,70 @@ def train_epoch(model, optimizer, schedule, loader, state, stop, progress, label
     return True
 
 
+READ_EVERY = 50  # steps between host reads of the loss when no bar is drawn: a NaN stops the run this soon
+
+
+def record_step(state, progress, loss, logits, labels, clock, steps_per_epoch):
+    """After a training step: count its batch, advance ``state`` by a step, and move the progress bar.
+
+    loss, logits, labels: the step's arrays (NumPy, CuPy or torch; the loss in float64). Their sums stay on the device
+    (``EpochTotals.add``) and are read to the host, which on a GPU waits for the queue of kernels to
+    drain, only when the bar is about to redraw, every ``READ_EVERY`` steps, and at the epoch's end.
+    Raises FloatingPointError when a loss read is not finite.
+    """
+    totals = state.epoch_totals
+    totals.add(loss, logits, labels)
+    state.step += 1
+    totals.seconds = time.perf_counter() - clock
+    if progress.due() or state.step % READ_EVERY == 0 or state.step == steps_per_epoch:
+        totals.read()
+        if not math.isfinite(totals.loss_sum):
+            progress.close()
+            raise FloatingPointError(f"the loss became {totals.loss_sum} in epoch {state.epoch + 1}, by step "
+                                     f"{state.step}")
+    read = max(totals.read_seen, 1)  # the loss and accuracy shown are those of the steps read so far
+    progress.update(loss=totals.loss_sum / read, acc=100 * totals.correct / read, img_s=totals.seen / totals.seconds)
+
+
 @dataclass
 class EpochTotals:
-    """Sums over the steps of the current epoch so far: its training loss, accuracy and speed."""
+    """Sums over the steps of the current epoch so far: its training loss, accuracy and speed.
 
-    loss_sum: float = 0.0  # sum over the images seen of each image's loss
-    correct: int = 0  # images whose largest logit is their label
+    ``add`` keeps a step's loss and correct answers on the arrays' device; ``read`` adds them into
+    ``loss_sum`` and ``correct``, which count the first ``read_seen`` images (``seen`` counts them all).
+    """
+
+    loss_sum: float = 0.0  # sum over the images read of each image's loss
+    correct: int = 0  # images read whose largest logit is their label
     seen: int = 0  # images trained on
     seconds: float = 0.0  # time the epoch has run (over a resume: before and after it)
 
+    def __post_init__(self):
+        self.read_seen = self.seen  # a saved state was read before it was saved
+        self.pending_loss = self.pending_correct = None  # device arrays: sums over the steps not read yet
+
     def add(self, loss, logits, labels):
-        """Count one step's batch; return its mean loss as a Python float."""
-        loss_value, batch = loss.item(), len(labels)
-        self.loss_sum += loss_value * batch
-        self.correct += int((logits.data.argmax(axis=1) == labels).sum())
+        """Count one step's batch: its mean ``loss`` (0-d, float64) and ``logits`` (B, classes) against ``labels`` (B,).
+
+        float64, so that the sum is exact whichever steps each read groups: a float32 loss times the
+        batch has at most 32 significant bits, and a float64 sum of such numbers from 1e-5 to 1e3 keeps
+        every bit. A resumed run then reads the same ``train_loss`` as a run never interrupted.
+        """
+        batch = len(labels)
+        step_loss, step_correct = loss * batch, (logits.argmax(axis=1) == labels).sum()
+        if self.pending_loss is None:
+            self.pending_loss, self.pending_correct = step_loss, step_correct
+        else:
+            self.pending_loss, self.pending_correct = self.pending_loss + step_loss, self.pending_correct + step_correct
         self.seen += batch
-        return loss_value
+
+    def read(self):
+        """Bring the sums of the steps added since the last read to the host (two reads, whatever their number)."""
+        if self.pending_loss is not None:
+            self.loss_sum += float(self.pending_loss)
+            self.correct += int(self.pending_correct)
+            self.pending_loss = self.pending_correct = None
+        self.read_seen = self.seen
 
 
 @dataclass

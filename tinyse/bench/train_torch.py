@@ -26,7 +26,6 @@ imported here only, when a run starts.
 """
 import copy
 import json
-import math
 import os
 import sys
 import time
@@ -189,14 +188,8 @@ def _train_torch(config, stop_after_steps):
                 optimizer.step()
                 if ema is not None:
                     ema.update(model)
-                loss_value = totals.add(loss, logits, y)
-                state.step += 1
-                totals.seconds = time.perf_counter() - clock
-                if not math.isfinite(loss_value):
-                    progress.close()
-                    raise FloatingPointError(f"the loss became {loss_value} at epoch {epoch + 1}, step {state.step}")
-                progress.update(loss=totals.loss_sum / totals.seen, acc=100 * totals.correct / totals.seen,
-                                img_s=totals.seen / totals.seconds)
+                train_module.record_step(state, progress, loss.detach().double(), logits.detach(), y, clock,
+                                         steps_per_epoch)
                 if stop.after_step():
                     progress.close()
                     print(f"stopped at epoch {epoch + 1}, step {state.step}: a PyTorch run starts over when run again")

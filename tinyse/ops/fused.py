@@ -44,7 +44,8 @@ class BatchNormReLU(BatchNorm):
                 "T values, T scale, T shift", "T y", "T v = values * scale + shift; y = v > 0 ? v : (T)0",
                 "tinyse_bn_relu",
             )
-            kernel(values, scale[:, None], shift[:, None], out)
+            scale, shift = (a[:, None].astype(values.dtype, copy=False) for a in (scale, shift))  # one dtype
+            kernel(values, scale, shift, out)
 
     def backward(self, grad_out):
         return super().backward(relu_grad(grad_out, self.y))
@@ -81,11 +82,13 @@ class ScaleAddReLU(Function):
                 np.maximum(y[a:b], 0, out=y[a:b])
 
             for_each_chunk_of([u, shortcut, y], scale_add_relu)
-        elif s is None:
+        elif s is None:  # a CuPy kernel takes one dtype where NumPy casts: u's, as the NumPy branch writes
+            shortcut = shortcut.astype(u.dtype, copy=False)
             y = elementwise_kernel(
                 "T u, T shortcut", "T y", "T v = u + shortcut; y = v > 0 ? v : (T)0", "tinyse_add_relu"
             )(u, shortcut)
         else:
+            s, shortcut = s.astype(u.dtype, copy=False), shortcut.astype(u.dtype, copy=False)
             y = elementwise_kernel(
                 "T u, T s, T shortcut", "T y", "T v = u * s + shortcut; y = v > 0 ? v : (T)0", "tinyse_scale_add_relu"
             )(u, s[:, :, None, None], shortcut)
