@@ -231,3 +231,42 @@ def test_install_puts_it_in_place_of_cupy_for_tinyse_and_for_a_command_line():
     assert result.stdout.strip() == "[2.0, 2.0, 2.0]"
     usage = subprocess.run([sys.executable, "-m", "tinyse.testing.emulated_cupy"], capture_output=True, text=True)
     assert usage.returncode == 2 and "MODULE" in usage.stdout
+
+
+# --- ReductionKernel ------------------------------------------------------------------------------------------
+@needs_compiler
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_reduction_kernel_maps_reduces_and_post_maps_over_the_axes_of_its_broadcast_inputs(cp, dtype):
+    """Sum of squares about a per-channel mean, over (N, H*W), with a scalar: a batch norm's variance."""
+    x = np.random.default_rng(0).standard_normal((3, 4, 5)).astype(dtype)
+    mean = x.mean(axis=(0, 2))
+    variance = cp.ReductionKernel(
+        "T x, T mean, T count", "T var", "(x - mean) * (x - mean)", "a + b", "var = a / count", "0", "variance")
+    with counting() as counts:
+        got = variance(cp.asarray(x), cp.asarray(mean[:, None]), x.size / 4, axis=(0, 2))
+    assert counts["kernel_launches"] == 1 and counts["launches_by_name"]["variance"] == 1
+    assert got.shape == (4,) and got.dtype == dtype
+    np.testing.assert_allclose(got.get(), x.var(axis=(0, 2)), rtol=1e-5)
+    kept = variance(cp.asarray(x), cp.asarray(mean[:, None]), x.size / 4, axis=(0, 2), keepdims=True)
+    assert kept.shape == (1, 4, 1)
+    everything = cp.ReductionKernel("T x", "T y", "x", "a + b", "y = a / (_in_ind.size() / _out_ind.size())", "0",
+                                    "mean_all")(cp.asarray(x))
+    assert everything.shape == () and np.isclose(everything.get(), x.mean(), rtol=1e-5)
+    out = cp.empty(5, dtype=dtype)
+    assert cp.ReductionKernel("T x", "T y", "x", "max(a, b)", "y = a", "-1e30", "largest")(
+        cp.asarray(x), axis=(0, 1), out=out) is out
+    np.testing.assert_array_equal(out.get(), x.max(axis=(0, 1)))
+
+
+@needs_compiler
+def test_a_reduction_kernel_catches_what_cupy_refuses(cp):
+    x32, x64 = cp.asarray(np.ones((2, 3), np.float32)), cp.asarray(np.ones((2, 3)))
+    two_inputs = cp.ReductionKernel("T x, T y", "T z", "x * y", "a + b", "z = a", "0", "dot")
+    with pytest.raises(TypeError, match="Type is mismatched"):
+        two_inputs(x32, x64, axis=1)  # one placeholder, two dtypes: CuPy does not promote
+    with pytest.raises(TypeError, match="Unsupported type"):
+        two_inputs(x32, np.ones((2, 3), np.float32))  # a host array
+    with pytest.raises(ValueError, match="Out shape is mismatched"):
+        two_inputs(x32, x32, cp.empty(3, dtype=np.float32), axis=1)
+    with pytest.raises(cp.cuda.compiler.CompileException, match=r"(?s)ReductionKernel 'typo' does not compile.*yy"):
+        cp.ReductionKernel("T x", "T y", "x * yy", "a + b", "y = a", "0", "typo")(x32)

@@ -293,14 +293,15 @@ def test_a_fast_run_on_the_device_gives_the_cpu_numbers(fake_cifar10, device):
     """Every ingredient on the device (EMA, smoothing, groups, flip TTA): the metrics of the CPU run."""
     rows = {}
     for where in ("cpu", device):
-        run = config(fake_cifar10, *FAST_RUN, "--train-subset", "32", "--device", where, out=f"on-{where}")
+        run = config(fake_cifar10, *FAST_RUN, "--train-subset", "32", "--lr", "0.02", "--device", where,
+                     out=f"on-{where}")
         train(run)
         rows[where] = train_module.read_metrics(run["out"])
         report = evaluate_checkpoint(Path(run["out"]) / "last.npz", device=where, tta="flip")
         assert report["top1_flip_tta"] == pytest.approx(rows[where][-1]["test_acc_flip_tta"])
-    # rel 2e-2: float32 training amplifies rounding, and the devices round differently (im2col on the GPU, shifted
-    # rows on the CPU): measured 0.6% apart on raw_test_loss here. Two CPU runs that differ only in BLAS's thread
-    # count drift apart in the same way (test_gpu_emulated.py); its float64 20-step check holds the maths to 1e-10.
+    # lr 0.02: at the recipe's 0.2 these 4 steps of batch 16 on random pixels blow up (train loss 2.4 -> 6.3), and
+    # a blow-up amplifies the devices' different float32 rounding (im2col on the GPU, shifted rows on the CPU)
+    # to 3% by the second epoch: a test of rounding luck. At 0.02 they agree to 5e-6 (measured); rel 1e-4.
     for a, b in zip(rows["cpu"], rows[device]):
         for key in ("train_loss", "test_loss", "raw_test_loss", "val_loss"):
-            assert b[key] == pytest.approx(a[key], rel=2e-2), key
+            assert b[key] == pytest.approx(a[key], rel=1e-4), key

@@ -31,21 +31,11 @@ class BatchNormReLU(BatchNorm):
     which batch norm's backward then reads as its dL/dy).
     """
 
+    relu = True  # BatchNorm.scale_shift applies it in the same pass (on the GPU, the same kernel)
+
     def forward(self, x, gamma=None, beta=None):
         self.y = super().forward(x, gamma, beta)  # also the next layer's input, so keeping it costs no memory
         return self.y
-
-    def scale_shift(self, values, scale, shift, out):
-        if get_array_module(values) is np or shift is None:
-            super().scale_shift(values, scale, shift, out)
-            get_array_module(out).maximum(out, 0, out=out)
-        else:
-            kernel = elementwise_kernel(
-                "T values, T scale, T shift", "T y", "T v = values * scale + shift; y = v > 0 ? v : (T)0",
-                "tinyse_bn_relu",
-            )
-            scale, shift = (a[:, None].astype(values.dtype, copy=False) for a in (scale, shift))  # one dtype
-            kernel(values, scale, shift, out)
 
     def backward(self, grad_out):
         return super().backward(relu_grad(grad_out, self.y))

@@ -1,8 +1,10 @@
 """Batch normalisation, as torch.nn.functional.batch_norm."""
 
-from tinyse.backend import get_array_module
+import numpy as np
+
+from tinyse.backend import elementwise_kernel, get_array_module, reduction_kernel
 from tinyse.parallel import for_each_chunk_of
-from tinyse.tensor import Function
+from tinyse.tensor import Function, is_grad_enabled
 
 
 class BatchNorm(Function):
@@ -25,6 +27,9 @@ class BatchNorm(Function):
     pass over the batch to make), and 1 / sqrt(var + eps) per channel. In eval mode, where mu is
     a constant, the forward is y = scale x + (beta - scale mu) with scale = gamma / sqrt(var + eps),
     and x - mu is made only if a backward asks for it.
+
+    On the GPU (CuPy arrays) ``forward_on_gpu`` and ``backward_on_gpu`` compute the same in 4 and 3
+    kernel launches, keeping x instead of x - mu: see there. The rest of this docstring is the CPU's.
 
     Passes over the activation (N*C*H*W values; R reads it, W writes it), training mode:
         forward   mu: R;  x - mu: R + W, a new array (kept);  var: R;  y = (x - mu) scale: R + W,
@@ -52,12 +57,16 @@ class BatchNorm(Function):
         self.running_mean, self.running_var = running_mean, running_var
         self.training, self.momentum, self.eps = training, momentum, eps
 
+    relu = False  # BatchNormReLU: y = relu(gamma x_hat + beta), the ReLU in the same pass
+
     def forward(self, x, gamma=None, beta=None):
         self.check(x, gamma, beta)
         xp = get_array_module(x)
         self.x_shape = x.shape
         n, c = x.shape[:2]
         x = x.reshape(n, c, -1)  # (N, C, H*W): one row of values per image and channel
+        if xp is not np:
+            return self.forward_on_gpu(x, gamma, beta).reshape(self.x_shape)
         m = n * x.shape[2]
         # Each pass runs over the batch in chunks, on every core (for_each_chunk_of): a pass that sums
         # returns one partial sum per chunk.
@@ -91,16 +100,27 @@ class BatchNorm(Function):
         return y.reshape(self.x_shape)
 
     def scale_shift(self, values, scale, shift, out):
-        """out = scale values + shift, per channel: values and out (B, C, H*W), scale (C,), shift (C,) or None."""
-        get_array_module(values).multiply(values, scale[:, None], out=out)
-        if shift is not None:
-            out += shift[:, None]
+        """out = scale values + shift (then the ReLU, if ``relu``), per channel: values and out (B, C, H*W),
+        scale (C,), shift (C,) or None. On the GPU one kernel."""
+        if get_array_module(values) is np:
+            np.multiply(values, scale[:, None], out=out)
+            if shift is not None:
+                out += shift[:, None]
+            if self.relu:
+                np.maximum(out, 0, out=out)
+            return
+        shift = 0.0 if shift is None else shift[:, None].astype(values.dtype, copy=False)
+        kernel = elementwise_kernel("T values, T scale, T shift", "T y", "y = values * scale + shift" + (
+            "; y = y > 0 ? y : (T)0" if self.relu else ""), "tinyse_bn_relu" if self.relu else "tinyse_bn")
+        kernel(values, scale[:, None].astype(values.dtype, copy=False), shift, out)
 
     def backward(self, grad_out):
         n, c = grad_out.shape[:2]
         grad_out = grad_out.reshape(n, c, -1)
         m = n * grad_out.shape[2]
         xp = get_array_module(grad_out)
+        if xp is not np:
+            return self.backward_on_gpu(grad_out, m)
         inv_std, scale = self.inv_std, self.scale  # (C,); scale = gamma / sqrt(var + eps)
         need = self.needs_input_grad
         x_centered = None
@@ -138,6 +158,69 @@ class BatchNorm(Function):
         grad_gamma = sum_grad_xhat if need[1] else None
         grad_beta = sum_grad if need[2] else None
         return grad_x, grad_gamma, grad_beta
+
+    # --- on the GPU: the same math in 4 kernels forward and 3 backward (cf. 18-20 and 12-14 as NumPy calls) ---
+    def forward_on_gpu(self, x, gamma, beta):
+        """The forward on CuPy arrays, x (N, C, H*W): mu (a mean), var (a ReductionKernel), the per-channel
+        numbers and the running statistics (one kernel over C), then y = scale x + shift (one kernel).
+        Kept for the backward: x itself (the conv's output, which nothing else keeps), mu and 1 / sqrt(var + eps)."""
+        xp = get_array_module(x)
+        m = x.shape[0] * x.shape[2]
+        if self.training:
+            mu = x.mean(axis=(0, 2))
+            var = reduction_kernel("T x, T mu", "T var", "(x - mu) * (x - mu)", "a + b", "var = a / (_in_ind.size() "
+                                   "/ _out_ind.size())", "0", "tinyse_bn_variance")(x, mu[:, None], axis=(0, 2))
+        else:
+            mu, var = self.running_mean, self.running_var
+        update = self.training and self.running_mean is not None and self.running_var is not None
+        statistics = elementwise_kernel(
+            "T mu, T var, T gamma, T beta, T eps, T momentum, T unbias",
+            "T inv_std, T scale, T shift" + (", T running_mean, T running_var" if update else ""),
+            """
+            inv_std = (T)1 / sqrt(var + eps);
+            scale = gamma * inv_std;
+            shift = beta - scale * mu;
+            """ + ("""
+            running_mean = ((T)1 - momentum) * running_mean + momentum * mu;
+            running_var = ((T)1 - momentum) * running_var + momentum * var * unbias;
+            """ if update else ""),
+            "tinyse_bn_statistics_update" if update else "tinyse_bn_statistics",
+        )
+        inv_std, scale, shift = (xp.empty_like(mu) for _ in range(3))
+        running = (self.running_mean, self.running_var) if update else ()
+        statistics(mu, var, 1.0 if gamma is None else gamma.astype(mu.dtype, copy=False),
+                   0.0 if beta is None else beta.astype(mu.dtype, copy=False), self.eps, self.momentum,
+                   m / max(m - 1, 1), inv_std, scale, shift, *running)
+        if not self.training and is_grad_enabled():
+            mu = mu.copy()  # the running mean may change before a backward
+        self.x, self.mu, self.inv_std, self.scale = x, mu, inv_std, scale
+        y = xp.empty_like(x)
+        self.scale_shift(x, scale, shift, y)
+        return y
+
+    def backward_on_gpu(self, grad_out, m):
+        """The backward on CuPy arrays, dL/dy (N, C, H*W): dL/dbeta (a sum), dL/dgamma (a ReductionKernel of
+        dL/dy x_hat), then dL/dx in one kernel: scale (dL/dy - (dL/dbeta + x_hat dL/dgamma) / m) in training,
+        scale dL/dy in eval (mu and var constants)."""
+        if self.x is None:
+            raise RuntimeError("batch_norm's backward ran twice: the first one used up its saved x")
+        need, x, mu, inv_std = self.needs_input_grad, self.x, self.mu[:, None], self.inv_std[:, None]
+        sum_grad = grad_out.sum(axis=(0, 2))
+        sum_grad_xhat = reduction_kernel(
+            "T grad, T x, T mu, T inv_std", "T total", "grad * (x - mu) * inv_std", "a + b", "total = a", "0",
+            "tinyse_bn_grad_gamma")(grad_out, x, mu, inv_std, axis=(0, 2)) if need[1] or self.training else None
+        grad_x = None
+        if need[0]:
+            training = "- (sum_grad + (x - mu) * inv_std * sum_grad_xhat) / m" if self.training else ""
+            grad_x = elementwise_kernel(
+                "T grad, T x, T mu, T inv_std, T scale, T sum_grad, T sum_grad_xhat, T m", "T grad_x",
+                f"grad_x = scale * (grad {training})", "tinyse_bn_grad_x_training" if self.training else
+                "tinyse_bn_grad_x_eval")(grad_out, x, mu, inv_std, self.scale[:, None], sum_grad[:, None],
+                                         (sum_grad if sum_grad_xhat is None else sum_grad_xhat)[:, None], m)
+            grad_x = grad_x.reshape(self.x_shape)
+        if self.training:
+            self.x = None  # one backward per forward, as on the CPU
+        return grad_x, sum_grad_xhat if need[1] else None, sum_grad if need[2] else None
 
     def take_x_centered(self):
         """x - mu, kept by the training forward, handed to the backward, which overwrites it with dL/dx."""

@@ -34,8 +34,8 @@ Limits: it checks API use, host/device discipline and kernel arithmetic, not CUD
       differ from a GPU's (cuBLAS, CUDA's math library, FMA) in the last bits; no half or complex kernels.
     - No speed, memory-limit or occupancy model; the memory pool counts bytes of live arrays only.
     - Not all of CuPy: the functions tinyse uses and their neighbours (routines.py, ufuncs.py); the rest
-      raise NotImplementedError. RawKernel, ReductionKernel, cupy.random, cupy.fft, streams and events
-      beyond the null stream are not emulated.
+      raise NotImplementedError. RawKernel, a ReductionKernel's raw parameters, cupy.random, cupy.fft,
+      streams and events beyond the null stream are not emulated.
     - CuPy's kernels see only what a CUDA compiler would accept; this one is g++: CUDA-only syntax
       (threadIdx, __syncthreads, atomics, half) does not compile here, and g++ may accept C++ NVRTC would not.
     - Stricter than CuPy in one place: an out-of-range integer-array index raises IndexError (CuPy wraps it).

@@ -153,7 +153,53 @@ extern "C" int {ENTRY}(void* const* _args, const ptrdiff_t* _sizes, ptrdiff_t _n
 """
 
 
-def load(source, name):
+def reduction_source(name, typedefs, reduce_type, preamble, declarations, per_input, per_output, map_expr,
+                     reduce_expr, post_map_expr, identity):
+    """The C++ source of one ReductionKernel: CuPy's template (cupy/_core/_reduction.pyx), one output element
+    after another, each summed in the order a block of threads would (so float sums are as accurate)."""
+    typedef_lines = "".join(f"typedef {c_type} {placeholder};\n" for placeholder, c_type in typedefs)
+    return f"""// ReductionKernel {name!r}, emulated on the CPU by tinyse/testing/emulated_cupy
+{CUDA_SHIM}
+{typedef_lines}typedef {reduce_type} _type_reduce;
+{preamble}
+#define REDUCE(a, b) ({reduce_expr})
+#define POST_MAP(a) ({post_map_expr})
+
+extern "C" int {ENTRY}(void* const* _args, const ptrdiff_t* _sizes, ptrdiff_t _n_out, ptrdiff_t _n_reduced,
+                       _EmuError* _err) {{
+  {declarations}
+  CIndexer _in_ind(_n_out * _n_reduced), _out_ind(_n_out);
+  static const int REDUCTION_THREADS = 512;  // CuPy's block of threads for one output (a power of 2)
+  _type_reduce _partial[REDUCTION_THREADS];
+  for (ptrdiff_t _i = 0; _i < _n_out; ++_i) {{
+    _out_ind.set(_i);
+    // CuPy's order: each of a block's threads folds every REDUCTION_THREADS-th value, then the block
+    // combines the threads' results in a tree (its shared-memory loop), halving their number each time.
+    for (int _t = 0; _t < REDUCTION_THREADS; ++_t) {{
+      _type_reduce _s = _type_reduce({identity});
+      for (ptrdiff_t _j = _t; _j < _n_reduced; _j += REDUCTION_THREADS) {{
+        _in_ind.set(_i * _n_reduced + _j);
+        {per_input}
+        _type_reduce _a = static_cast<_type_reduce>({map_expr});
+        _s = REDUCE(_s, _a);
+      }}
+      _partial[_t] = _s;
+    }}
+    for (int _half = REDUCTION_THREADS / 2; _half > 0; _half /= 2)
+      for (int _t = 0; _t < _half; ++_t) {{
+        _type_reduce _a = _partial[_t], _b = _partial[_t + _half];
+        _partial[_t] = REDUCE(_a, _b);
+      }}
+    _type_reduce _s = _partial[0];
+    {per_output}
+    POST_MAP(_s);
+  }}
+  return 0;
+}}
+"""
+
+
+def load(source, name, kind="ElementwiseKernel"):
     """The compiled kernel function for ``source`` (compiled once, then cached on disk and in memory)."""
     compiler = compiler_path()
     if compiler is None:
@@ -163,11 +209,12 @@ def load(source, name):
         if key not in _loaded:
             library = CACHE_DIR / f"{key}.so"
             if not library.exists():
-                _compile(compiler, source, name, library)
+                _compile(compiler, source, f"{kind} {name!r}", library)
             function = getattr(ctypes.CDLL(str(library)), ENTRY)
             function.restype = ctypes.c_int
+            loop_sizes = [ctypes.c_ssize_t] * (2 if kind == "ReductionKernel" else 1)  # (outputs, reduced) or n
             function.argtypes = [
-                ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_ssize_t), ctypes.c_ssize_t,
+                ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_ssize_t), *loop_sizes,
                 ctypes.POINTER(_EmuError),
             ]
             _loaded[key] = function
@@ -183,18 +230,19 @@ def _compile(compiler, source, name, library):
         if result.returncode != 0:
             kernel_part = source.split(CUDA_SHIM)[-1].strip()  # the shim above it is the same for every kernel
             raise CompileException(
-                f"ElementwiseKernel {name!r} does not compile:\n{result.stderr.strip()}\n\n"
+                f"{name} does not compile:\n{result.stderr.strip()}\n\n"
                 f"the kernel (after the CUDA shim of cpu_compiler.py):\n{kernel_part}",
                 source, name, COMPILE_FLAGS,
             )
         os.replace(built, library)  # atomic: a process running beside this one sees all of it or none
 
 
-def run(function, pointers, sizes, n):
-    """Run a loaded kernel over n elements; an out-of-range index of a raw parameter raises IndexError."""
+def run(function, pointers, sizes, *loop_sizes):
+    """Run a loaded kernel over ``loop_sizes`` (n elements; or outputs and values reduced into each, for a
+    reduction); returns the error of an out-of-range index of a raw parameter, or None."""
     error = _EmuError()
     pointer_array = (ctypes.c_void_p * max(1, len(pointers)))(*pointers)
     size_array = (ctypes.c_ssize_t * max(1, len(sizes)))(*sizes)
-    if function(pointer_array, size_array, n, ctypes.byref(error)) != 0:
+    if function(pointer_array, size_array, *loop_sizes, ctypes.byref(error)) != 0:
         return error
     return None

@@ -72,13 +72,10 @@ def _c_type(dtype):
     return cpu_compiler.C_TYPES[dtype.name]
 
 
-class ElementwiseKernel:
-    """A user-defined elementwise kernel: CUDA C++ for one element, run over broadcast arrays."""
+class _UserKernel:
+    """What ElementwiseKernel and ReductionKernel share: the name, the parameters, binding their types."""
 
-    __module__ = "cupy"
-
-    def __init__(self, in_params, out_params, operation, name="kernel", reduce_dims=True, preamble="",
-                 no_return=False, return_tuple=False, **kwargs):
+    def __init__(self, in_params, out_params, name):
         if not re.fullmatch(r"[A-Za-z_][A-Za-z_0-9]*", name):
             raise ValueError(f'Invalid kernel name: "{name}"')
         self.in_params = parse_parameters(in_params, is_const=True)
@@ -86,16 +83,9 @@ class ElementwiseKernel:
         self.nin, self.nout = len(self.in_params), len(self.out_params)
         self.nargs = self.nin + self.nout
         self.params = self.in_params + self.out_params
-        if "i" in [p.name for p in self.params]:
-            raise ValueError("Can not use 'i' as a parameter name")
-        self.operation, self.name, self.__name__ = operation, name, name
-        self.reduce_dims, self.preamble = reduce_dims, preamble
-        self.no_return, self.return_tuple = no_return, return_tuple
-        self.kwargs = kwargs  # loop_prep, after_loop, options (NVRTC's options are ignored here)
+        self.name, self.__name__ = name, name
 
-    def __call__(self, *args, size=None, stream=None, block_size=128):
-        if block_size <= 0:
-            raise ValueError("block_size must be greater than zero")
+    def _check_arguments(self, args):
         if len(args) not in (self.nin, self.nargs):
             raise TypeError(
                 f"Wrong number of arguments for {self.name!r}. It must be either {self.nin} or {self.nargs} "
@@ -103,31 +93,9 @@ class ElementwiseKernel:
             )
         for arg in args:
             if not isinstance(arg, ndarray) and not _is_scalar(arg):
-                raise unsupported(arg, f"ElementwiseKernel {self.name!r}")
-        given_outs = list(args[self.nin :])
-        if any(not isinstance(o, ndarray) for o in given_outs):
+                raise unsupported(arg, f"{type(self).__name__} {self.name!r}")
+        if any(not isinstance(o, ndarray) for o in args[self.nin :]):
             raise TypeError("Output arguments type must be cupy.ndarray")
-        shape = self._loop_shape(args, size)
-        in_types, out_types, type_map = self._decide_types(args[: self.nin], given_outs)
-        outs = self._outputs(given_outs, out_types, shape, size is not None)
-        result = None if self.no_return else (outs[0] if self.nout == 1 and not self.return_tuple else tuple(outs))
-        n = int(np.prod(shape, dtype=np.int64))
-        if n == 0:
-            return result
-        self._launch(list(args[: self.nin]) + outs, in_types + out_types, type_map, shape, n)
-        return result
-
-    # --- CuPy's rules, step by step ---
-    def _loop_shape(self, args, size):
-        """The broadcast shape of the non-raw arrays (inputs and outputs), or (size,)."""
-        shapes = [a.shape for a, p in zip(args, self.params) if isinstance(a, ndarray) and not p.raw]
-        if size is not None:
-            if shapes:
-                raise ValueError("Specified 'size' can be used only if all of the ndarray are 'raw'.")
-            return (size,)
-        if not shapes:
-            raise ValueError("Loop size is undecided.")
-        return np.broadcast_shapes(*shapes)
 
     def _decide_types(self, in_args, out_args):
         """Bind each placeholder to one dtype (outputs first), as ``_decide_params_type_core``."""
@@ -156,6 +124,49 @@ class ElementwiseKernel:
         in_types = [type_of(p) for p in self.in_params]
         out_types = [type_of(p) for p in self.out_params]
         return in_types, out_types, sorted(bound.items())
+
+
+class ElementwiseKernel(_UserKernel):
+    """A user-defined elementwise kernel: CUDA C++ for one element, run over broadcast arrays."""
+
+    __module__ = "cupy"
+
+    def __init__(self, in_params, out_params, operation, name="kernel", reduce_dims=True, preamble="",
+                 no_return=False, return_tuple=False, **kwargs):
+        super().__init__(in_params, out_params, name)
+        if "i" in [p.name for p in self.params]:
+            raise ValueError("Can not use 'i' as a parameter name")
+        self.operation = operation
+        self.reduce_dims, self.preamble = reduce_dims, preamble
+        self.no_return, self.return_tuple = no_return, return_tuple
+        self.kwargs = kwargs  # loop_prep, after_loop, options (NVRTC's options are ignored here)
+
+    def __call__(self, *args, size=None, stream=None, block_size=128):
+        if block_size <= 0:
+            raise ValueError("block_size must be greater than zero")
+        self._check_arguments(args)
+        given_outs = list(args[self.nin :])
+        shape = self._loop_shape(args, size)
+        in_types, out_types, type_map = self._decide_types(args[: self.nin], given_outs)
+        outs = self._outputs(given_outs, out_types, shape, size is not None)
+        result = None if self.no_return else (outs[0] if self.nout == 1 and not self.return_tuple else tuple(outs))
+        n = int(np.prod(shape, dtype=np.int64))
+        if n == 0:
+            return result
+        self._launch(list(args[: self.nin]) + outs, in_types + out_types, type_map, shape, n)
+        return result
+
+    # --- CuPy's rules, step by step ---
+    def _loop_shape(self, args, size):
+        """The broadcast shape of the non-raw arrays (inputs and outputs), or (size,)."""
+        shapes = [a.shape for a, p in zip(args, self.params) if isinstance(a, ndarray) and not p.raw]
+        if size is not None:
+            if shapes:
+                raise ValueError("Specified 'size' can be used only if all of the ndarray are 'raw'.")
+            return (size,)
+        if not shapes:
+            raise ValueError("Loop size is undecided.")
+        return np.broadcast_shapes(*shapes)
 
     def _outputs(self, given, out_types, shape, size_given):
         if not given:
@@ -205,6 +216,117 @@ class ElementwiseKernel:
             )
         for target, memory in write_back:
             target[...] = memory.reshape(target.shape)
+
+
+class ReductionKernel(_UserKernel):
+    """A user-defined reduction: map each element, combine the mapped values, then map the result.
+
+        l2 = cupy.ReductionKernel("T x", "T y", "x * x", "a + b", "y = sqrt(a)", "0", "l2norm")
+        l2(x, axis=1)
+
+    CuPy's rules (CuPy 14.2.0, cupy/_core/_reduction.pyx: ``ReductionKernel.__call__``, ``_call``,
+    ``_get_axis``, ``_get_out_shape``, the kernel template): the inputs (arrays and scalars, not raw)
+    broadcast together; ``axis`` (default all) names the reduced axes of that shape, and the output has
+    the others (``keepdims`` leaves them as 1); for each output element, ``_type_reduce _s = identity``,
+    then for every input element reduced into it ``_s = REDUCE(_s, (_type_reduce)(map_expr))`` with
+    ``#define REDUCE(a, b) (reduce_expr)``, and last ``POST_MAP(_s)`` with ``#define POST_MAP(a)
+    (post_map_expr)``, which assigns the outputs. ``_type_reduce`` is ``reduce_type`` (default the first
+    output's type); ``_in_ind.size()`` counts the input's elements and ``_out_ind.size()`` the output's.
+    The emulator folds each output's values in CuPy's order for a block of 512 threads: every 512th value
+    in one thread, then the threads' results pairwise in a tree (a sum of n float32 values is then as
+    accurate as on a GPU, not n times worse). Not emulated: raw parameters and an empty identity.
+    Each call is one kernel launch (counted).
+    """
+
+    __module__ = "cupy"
+
+    def __init__(self, in_params, out_params, map_expr, reduce_expr, post_map_expr, identity,
+                 name="reduce_kernel", reduce_type=None, reduce_dims=True, preamble="", options=()):
+        super().__init__(in_params, out_params, name)
+        self.map_expr, self.reduce_expr, self.post_map_expr = map_expr, reduce_expr, post_map_expr
+        self.identity = "" if identity is None else str(identity)
+        self.reduce_type = self.out_params[0].ctype if reduce_type is None else reduce_type
+        self.preamble = preamble
+        if any(p.raw for p in self.params):
+            raise NotImplementedError("raw parameters of a ReductionKernel are not emulated")
+        if not self.identity:
+            raise NotImplementedError("a ReductionKernel without an identity is not emulated")
+
+    def __call__(self, *args, out=None, axis=None, keepdims=False, stream=None, **kwargs):
+        if kwargs:
+            raise TypeError(f"Wrong arguments {kwargs}")
+        self._check_arguments(args)
+        given_outs = list(args[self.nin :])
+        if out is not None:
+            if self.nout != 1:
+                raise NotImplementedError("")
+            if given_outs:
+                raise ValueError("cannot specify 'out' as both a positional and keyword argument")
+            given_outs = [out]
+        inputs = args[: self.nin]
+        shape = np.broadcast_shapes(*[a.shape for a in inputs if isinstance(a, ndarray)])
+        reduce_axis, out_axis = _reduction_axes(axis, len(shape))
+        out_shape = tuple(1 if k in reduce_axis else n for k, n in enumerate(shape)) if keepdims else tuple(
+            shape[k] for k in out_axis)
+        in_types, out_types, type_map = self._decide_types(inputs, given_outs)
+        if given_outs:
+            if any(o.shape != out_shape for o in given_outs):
+                raise ValueError("Out shape is mismatched")
+            outs = given_outs
+        else:
+            outs = [wrap(np.empty(out_shape, dtype=t)) for t in out_types]
+        result = outs[0] if self.nout == 1 else tuple(outs)
+        n_out = int(np.prod(out_shape, dtype=np.int64))
+        n_reduced = int(np.prod([shape[k] for k in reduce_axis], dtype=np.int64))
+        if n_out == 0:
+            return result
+        order = out_axis + reduce_axis  # each output element's inputs next to each other
+        declarations, per_input, per_output, pointers, sizes, keep, write_back = [], [], [], [], [], [], []
+        for k, (p, arg, dtype) in enumerate(zip(self.params, list(inputs) + outs, in_types + out_types)):
+            if k < self.nin and not isinstance(arg, ndarray):
+                memory = np.empty((), dtype=dtype)
+                memory[()] = arg
+                declarations.append(f"const {p.ctype} {p.name} = *static_cast<const {p.ctype}*>(_args[{k}]);")
+            elif k < self.nin:
+                memory = np.ascontiguousarray(np.broadcast_to(arg._array, shape).transpose(order))
+                per_input.append(f"const {p.ctype} {p.name} = static_cast<const {p.ctype}*>(_args[{k}])"
+                                 "[_in_ind.get()];")
+            else:
+                memory = np.ascontiguousarray(arg._array)
+                if memory is not arg._array:
+                    write_back.append((arg._array, memory))
+                per_output.append(f"{p.ctype} &{p.name} = static_cast<{p.ctype}*>(_args[{k}])[_out_ind.get()];")
+            keep.append(memory)
+            pointers.append(memory.ctypes.data)
+            sizes.append(memory.size)
+        typedefs = [(placeholder, _c_type(dtype)) for placeholder, dtype in type_map]
+        source = cpu_compiler.reduction_source(
+            self.name, typedefs, self.reduce_type, self.preamble, "\n  ".join(declarations),
+            "\n      ".join(per_input), "\n    ".join(per_output), self.map_expr, self.reduce_expr,
+            self.post_map_expr, self.identity,
+        )
+        function = cpu_compiler.load(source, self.name, kind="ReductionKernel")
+        counters.launch(self.name)
+        cpu_compiler.run(function, pointers, sizes, n_out, n_reduced)
+        for target, memory in write_back:
+            target[...] = memory
+        return result
+
+
+def _reduction_axes(axis, ndim):
+    """(reduced axes, kept axes), each sorted, as CuPy's ``_get_axis``."""
+    if axis is None:
+        return tuple(range(ndim)), ()
+    axes = tuple(axis) if isinstance(axis, (tuple, list)) else (axis,)
+    reduced = []
+    for a in axes:
+        if not -ndim <= a < ndim:
+            raise np.exceptions.AxisError(a, ndim)
+        reduced.append(a % ndim)
+    if len(set(reduced)) != len(reduced):
+        raise ValueError("duplicate value in 'axis'")
+    reduced = tuple(sorted(reduced))
+    return reduced, tuple(k for k in range(ndim) if k not in reduced)
 
 
 def _is_scalar(value):

@@ -67,6 +67,7 @@ def modules():
         {
             **FROM_NUMPY, **CUPY_CONSTANTS, **ufuncs.UFUNCS, **routines.ROUTINES,
             "ufunc": ufuncs.ufunc, "ElementwiseKernel": kernels.ElementwiseKernel,
+            "ReductionKernel": kernels.ReductionKernel,
             "cuda": cuda_module, "linalg": linalg, "random": random, "fft": fft, "__version__": CUPY_VERSION,
         },
         header + "NumPy's arithmetic on arrays the host cannot read by accident; see the package docstring.",
