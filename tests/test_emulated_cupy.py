@@ -105,6 +105,10 @@ def test_an_implicit_host_read_is_a_counted_synchronisation(cp):
     with counting() as counts:
         on_device(cp, [1.0, 0.0])[on_device(cp, [True, False], bool)]  # a mask: CuPy reads its count
     assert counts["host_syncs"] == 1
+    target = on_device(cp, [1.0, 0.0])
+    with counting() as counts:
+        target[on_device(cp, [True, False], bool)] = 3.0  # assigning through a mask reads its count too
+    assert counts["host_syncs"] == 1 and counts["launches_by_name"]["scan"] == 1 and target.get()[0] == 3.0
 
 
 def test_allow_synchronize_false_turns_a_synchronisation_into_an_error(cp):

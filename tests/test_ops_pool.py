@@ -18,6 +18,7 @@ import tinyse.functional as F
 from tinyse.gradcheck import gradcheck
 from tinyse.ops import pool
 from tinyse.tensor import Tensor
+from tinyse.testing import emulated_cupy
 
 from conftest import DEVICES, DTYPES, GRADCHECK_TOLERANCE, assert_matches_torch, distinct_values, random_array
 
@@ -321,3 +322,15 @@ def test_global_max_pool_ties_go_to_first_maximum(fill, dtype, device):
     assert_matches_torch(
         F.global_max_pool2d, lambda t: torch.nn.functional.max_pool2d(t, shape[2:]).flatten(1), [x], device
     )
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not emulated_cupy.installed(), reason="host waits are counted on the emulated CuPy only")
+def test_max_pool_never_waits_for_the_device():
+    """The argmax of each window is kept with ``where``: a boolean-mask assignment (argmax[larger] = k) made CuPy
+    scan the mask and read its count back, one host wait per kernel offset (9 for a 3x3 window)."""
+    x = Tensor(np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32), requires_grad=True)
+    x = x.to("gpu")
+    with emulated_cupy.counting() as counts:
+        F.max_pool2d(x, 3, 2, 1).sum().backward()
+    assert counts["host_syncs"] == 0, counts

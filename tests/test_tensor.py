@@ -328,6 +328,8 @@ def fresh_grad_cases():
         ("batch_norm_relu", fused.BatchNormReLU(*statistics()), [x, channel, channel]),
         ("batch_norm_relu eval", fused.BatchNormReLU(*statistics(), training=False), [x, channel, channel]),
         ("se_scale", se.SEScale(), [u, gates]),
+        *((f"se_excite {gate}", se.SEExcite(gate), [gates, rng.standard_normal((2, 3)), rng.standard_normal(2),
+                                                    rng.standard_normal((3, 2)), None]) for gate in se.GATES),
         ("relu", activation.ReLU(), [u]),
         ("sigmoid", activation.Sigmoid(), [u]),
         ("tanh", activation.Tanh(), [u]),

@@ -16,7 +16,7 @@ the forward and the ReLU's backward are each one ``ElementwiseKernel``.
 """
 import numpy as np
 
-from tinyse.backend import elementwise_kernel, get_array_module
+from tinyse.backend import elementwise_kernel, get_array_module, reduction_kernel
 from tinyse.ops.activation import relu_grad
 from tinyse.ops.norm import BatchNorm
 from tinyse.parallel import for_each_chunk_of
@@ -87,10 +87,17 @@ class ScaleAddReLU(Function):
 
     def backward(self, grad_out):
         u, s, y, need = self.u, self.s, self.y, self.needs_input_grad
-        if get_array_module(grad_out, y) is not np:
-            g = relu_grad(grad_out, y)
-            grad_u = (g if s is None else g * s[:, :, None, None]) if need[0] else None
-            grad_s = get_array_module(g).einsum("nchw,nchw->nc", g, u) if need[1] else None
+        if get_array_module(grad_out, y) is not np:  # one kernel for g and dL/du, one reduction for dL/ds
+            if s is None or not need[0]:
+                g, grad_u = relu_grad(grad_out, y), None
+            else:
+                g, grad_u = elementwise_kernel(
+                    "T grad_out, T y, T s", "T g, T grad_u", "g = y > 0 ? grad_out : (T)0; grad_u = g * s",
+                    "tinyse_scale_add_relu_grad")(grad_out, y, s[:, :, None, None])
+            if need[0] and s is None:
+                grad_u = g
+            grad_s = reduction_kernel("T g, T u", "T grad_s", "g * u", "a + b", "grad_s = a", "0",
+                                      "tinyse_se_scale_grad_s")(g, u, axis=(2, 3)) if need[1] else None
             return grad_u, grad_s, g if need[2] else None
         # NumPy: each chunk of the batch through g, dL/du and dL/ds while it is in the cache, on every core
         g = np.empty(y.shape, y.dtype)

@@ -6,8 +6,10 @@ For a feature map U (N, C, H, W) and reduction ratio r:
     scale     X~[n, c] = s[n, c] * U[n, c]                    (N, C, H, W)
 The gate is the sigmoid in the paper's SE block; tanh and ReLU are its ablations.
 """
-from tinyse.backend import get_array_module
-from tinyse.ops.activation import stable_sigmoid
+import numpy as np
+
+from tinyse.backend import elementwise_kernel, get_array_module, reduction_kernel
+from tinyse.ops.activation import relu_grad, stable_sigmoid
 from tinyse.ops.pool import GlobalAvgPool2d
 from tinyse.tensor import Function
 
@@ -40,31 +42,19 @@ class SEExcite(Function):
             raise ValueError(f"unknown SE gate {gate!r}: choose one of {GATES}")
         self.gate = gate
 
+    fresh_input_grads = True  # each gradient is a new array (a matrix product or a sum)
+
     def forward(self, z, w1, b1, w2, b2):
         self.check(z, w1, b1, w2, b2)
-        xp = get_array_module(z)
-        a1 = z @ w1.T if b1 is None else z @ w1.T + b1
         self.z, self.w1, self.w2 = z, w1, w2
-        self.h = xp.maximum(a1, 0)
-        a2 = self.h @ w2.T if b2 is None else self.h @ w2.T + b2
-        if self.gate == "sigmoid":
-            self.s = stable_sigmoid(a2)
-        elif self.gate == "tanh":
-            self.s = xp.tanh(a2)
-        else:
-            self.s = xp.maximum(a2, 0)
+        self.h = add_bias_then(z @ w1.T, b1, "relu")
+        self.s = add_bias_then(self.h @ w2.T, b2, self.gate)
         return self.s
 
     def backward(self, grad_s):
-        s = self.s
-        if self.gate == "sigmoid":
-            grad_a2 = grad_s * s * (1 - s)
-        elif self.gate == "tanh":
-            grad_a2 = grad_s * (1 - s * s)
-        else:
-            grad_a2 = grad_s * (s > 0)
+        grad_a2 = gate_grad(grad_s, self.s, self.gate)
         grad_h = grad_a2 @ self.w2
-        grad_a1 = grad_h * (self.h > 0)
+        grad_a1 = relu_grad(grad_h, self.h)
         need = self.needs_input_grad
         return (
             grad_a1 @ self.w1 if need[0] else None,
@@ -89,6 +79,43 @@ class SEExcite(Function):
                 raise ValueError(f"se_excite: {name} must have shape ({size},), got {bias.shape}")
 
 
+# The gates: y = gate(x) as CUDA C (sigmoid in the overflow-free form of ``stable_sigmoid``), and dL/dv from y.
+GATE_CUDA = {
+    "relu": "y = x > 0 ? x : (T)0",
+    "sigmoid": "const T e = exp(-fabs(x)); y = (x >= 0 ? (T)1 : e) / ((T)1 + e)",
+    "tanh": "y = tanh(x)",
+}
+GATE_GRAD_CUDA = {
+    "relu": "grad_v = y > 0 ? grad_y : (T)0",
+    "sigmoid": "grad_v = grad_y * y * ((T)1 - y)",
+    "tanh": "grad_v = grad_y * ((T)1 - y * y)",
+}
+
+
+def add_bias_then(v, bias, gate):
+    """gate(v + bias) for v (N, K) a fresh product, bias (K,) or None: in place on NumPy, one kernel on the GPU."""
+    xp = get_array_module(v)
+    if xp is not np:
+        bias = 0.0 if bias is None else bias.astype(v.dtype, copy=False)
+        kernel = elementwise_kernel("T v, T bias", "T y", f"const T x = v + bias; {GATE_CUDA[gate]}",
+                                    f"tinyse_bias_{gate}")
+        return kernel(v, bias)
+    if bias is not None:
+        v += bias
+    if gate == "sigmoid":
+        return stable_sigmoid(v)
+    return np.maximum(v, 0, out=v) if gate == "relu" else np.tanh(v, out=v)
+
+
+def gate_grad(grad_y, y, gate):
+    """dL/dv from dL/dy and y = gate(v): a new array (one kernel on the GPU)."""
+    if get_array_module(grad_y, y) is not np:
+        return elementwise_kernel("T grad_y, T y", "T grad_v", GATE_GRAD_CUDA[gate], f"tinyse_{gate}_grad")(grad_y, y)
+    if gate == "sigmoid":
+        return grad_y * y * (1 - y)
+    return grad_y * (1 - y * y) if gate == "tanh" else grad_y * (y > 0)
+
+
 class SEScale(Function):
     """X~[n, c, h, w] = s[n, c] * U[n, c, h, w].
 
@@ -108,5 +135,9 @@ class SEScale(Function):
         grad_u = grad_out * self.s[:, :, None, None] if self.needs_input_grad[0] else None
         grad_s = None
         if self.needs_input_grad[1]:  # one pass, no (N, C, H, W) temporary
-            grad_s = get_array_module(grad_out).einsum("nchw,nchw->nc", grad_out, self.u)
+            if get_array_module(grad_out) is np:
+                grad_s = np.einsum("nchw,nchw->nc", grad_out, self.u)
+            else:  # one reduction kernel (CuPy's two-operand einsum is a transposed copy and a batched product)
+                grad_s = reduction_kernel("T grad, T u", "T grad_s", "grad * u", "a + b", "grad_s = a", "0",
+                                          "tinyse_se_scale_grad_s")(grad_out, self.u, axis=(2, 3))
         return grad_u, grad_s

@@ -352,15 +352,19 @@ class ndarray:
 
     def __getitem__(self, index):
         memory_index, has_mask = self._index(index)
-        if has_mask:
-            counters.sync()  # the result's size is the mask's count, read back first
+        if has_mask:  # the result's size is the mask's count: CuPy scans the mask and reads the count back first
+            counters.launch("scan")
+            counters.sync()
         result = self._array[memory_index]
         if isinstance(result, np.generic):  # an element: CuPy returns a 0-d view, not a scalar
             result = self._array[(*memory_index, Ellipsis) if isinstance(memory_index, tuple) else (memory_index, ...)]
         return as_result(result, "getitem", (self,))
 
     def __setitem__(self, index, value):
-        memory_index, _ = self._index(index)
+        memory_index, has_mask = self._index(index)
+        if has_mask:  # CuPy scans the mask and reads its count back (_prepare_mask_indexing_single: int(...))
+            counters.launch("scan")
+            counters.sync()
         items = memory_index if isinstance(memory_index, tuple) else (memory_index,)
         advanced = any(isinstance(item, np.ndarray) for item in items)
         if isinstance(value, ndarray):
