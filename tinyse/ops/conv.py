@@ -37,13 +37,17 @@ The file, in reading order
          and the RW - OW junk entries at the end of each output row are cropped.
          Measured in ``python -m tinyse.bench``: copying im2col's 9 columns took longer than the
          products, and memory-bound copies do not get faster on a second core, while the products do.
-       - other strides, fewer channels (a 3-channel stem), and on the GPU: im2col and the
-         products of part 3, per chunk.
+       - other strides, fewer channels (a 3-channel stem): im2col and the products of part 3,
+         per chunk.
        - dL/dx at stride 1 (square kernels): the same convolution of dL/dy with the kernel flipped
          in space and transposed in channels, padding KH - 1 - P (equal to col2im(W^T dL/dy));
          otherwise col2im(W^T dL/dy) per chunk. With shifted rows, one layout of dL/dy serves
          this convolution and dL/dW alike (``conv_backward_shifted_rows``).
-    5. The GPU's im2col and col2im: CUDA sources, one thread per value written.
+    5. The GPU: part 3's products over the whole batch at once, one matrix product per group
+       (``conv_forward_gpu``, ``conv_backward_gpu``): im2col writes cols (K, N*OH*OW), the batch
+       folded into the columns, so that y = W (Og, K) @ cols is one GEMM, not a GEMM per image
+       or a batched GEMM with W broadcast over the images (CuPy builds arrays of pointers for
+       that). Then the CUDA sources of im2col and col2im, one thread per value written.
 """
 import itertools
 
@@ -422,7 +426,10 @@ def conv_forward_im2col(x, weight, stride, padding, groups):
 
 def conv_forward(x, weight, stride, padding, groups):
     """y (N, O, OH, OW) from x (N, C, H, W) and W (O, C/G, KH, KW), no bias: shifted rows or im2col."""
-    if uses_shifted_rows(get_array_module(x, weight), stride, weight.shape[1]):
+    xp = get_array_module(x, weight)
+    if xp is not np:
+        return conv_forward_gpu(x, weight, stride, padding, groups)
+    if uses_shifted_rows(xp, stride, weight.shape[1]):
         return conv_forward_shifted_rows(x, weight, padding, groups)
     return conv_forward_im2col(x, weight, stride, padding, groups)
 
@@ -685,6 +692,8 @@ def conv_backward(x, weight, grad_out, stride, padding, groups, needs_x=True, ne
     Inputs: x (N, C, H, W), weight W (O, C/G, KH, KW), grad_out dL/dy (N, O, OH, OW).
     """
     xp = get_array_module(x, weight, grad_out)
+    if xp is not np:
+        return conv_backward_gpu(x, weight, grad_out, stride, padding, groups, needs_x, needs_weight)
     if uses_shifted_rows(xp, stride, weight.shape[1]) and input_grad_is_a_conv(weight.shape[2:], stride, padding):
         return conv_backward_shifted_rows(x, weight, grad_out, padding, groups, needs_x, needs_weight)
     grad_x = conv_input_grad(grad_out, weight, x.shape, stride, padding, groups) if needs_x else None
@@ -724,7 +733,73 @@ class Conv2d(Function):
         return grad_x, grad_weight, grad_bias
 
 
-# --- 5. the GPU's im2col and col2im -------------------------------------------------------------------
+# --- 5. the GPU: one product over the batch, and the CUDA im2col and col2im --------------------------------
+def im2col_batch_folded(x, kh, kw, stride, padding):
+    """im2col with the batch folded into the columns: x (N, C, H, W) -> cols (C, KH, KW, N, OH, OW), GPU only.
+
+        cols[c, i, j, n, r, s] = x_pad[n, c, S r + i, S s + j]
+
+    Read as (C*KH*KW, N*OH*OW): column (n, r, s) holds what output pixel (r, s) of image n sees.
+    """
+    n, c, h, w = x.shape
+    oh, ow = output_size(h, kh, stride, padding), output_size(w, kw, stride, padding)
+    xp = get_array_module(x)
+    cols = xp.empty((c, kh, kw, n, oh, ow), dtype=x.dtype)
+    kernel = elementwise_kernel(f"raw T x, int32 n, int32 c, {SIZES}", "T cols", IM2COL_BATCH_CUDA,
+                                "tinyse_im2col_batch")
+    return kernel(xp.ascontiguousarray(x).ravel(), n, c, h, w, kh, kw, oh, ow, *pair(stride), padding, cols)
+
+
+def col2im_batch_folded(cols, x_shape, stride, padding):
+    """Adjoint of ``im2col_batch_folded``: cols (C, KH, KW, N, OH, OW) -> x (N, C, H, W), GPU only."""
+    n, c, h, w = x_shape
+    _, kh, kw, _, oh, ow = cols.shape
+    xp = get_array_module(cols)
+    kernel = elementwise_kernel(f"raw T cols, int32 n, int32 c, {SIZES}", "T x", COL2IM_BATCH_CUDA,
+                                "tinyse_col2im_batch")
+    x = xp.empty((n, c, h, w), dtype=cols.dtype)
+    return kernel(xp.ascontiguousarray(cols).ravel(), n, c, h, w, kh, kw, oh, ow, *pair(stride), padding, x)
+
+
+def conv_forward_gpu(x, weight, stride, padding, groups):
+    """y = W (G, Og, K) @ cols (G, K, N*OH*OW): one GEMM per group for the whole batch, then NCHW.
+
+    3 kernel launches: im2col, the product, the copy from (O, N, OH, OW) to (N, O, OH, OW).
+    """
+    xp = get_array_module(x, weight)
+    n = x.shape[0]
+    o, cg, kh, kw = weight.shape
+    cols = im2col_batch_folded(x, kh, kw, stride, padding)  # (C, KH, KW, N, OH, OW)
+    oh, ow = cols.shape[4:]
+    y = xp.matmul(weight.reshape(groups, o // groups, cg * kh * kw), cols.reshape(groups, cg * kh * kw, -1))
+    return xp.ascontiguousarray(y.reshape(o, n, oh, ow).transpose(1, 0, 2, 3))
+
+
+def conv_backward_gpu(x, weight, grad_out, stride, padding, groups, needs_x=True, needs_weight=True):
+    """(dL/dx, dL/dW), each None unless asked for, as ``conv_backward``: over the whole batch at once,
+
+        dL/dW = dL/dy (G, Og, N*OH*OW) @ cols^T (G, N*OH*OW, K)        one GEMM per group
+        dL/dx = col2im(W^T (G, K, Og) @ dL/dy (G, Og, N*OH*OW))         one GEMM per group
+
+    5 kernel launches for both: dL/dy to (O, N, OH, OW), im2col again (cols are not kept: at batch
+    128 the first stage's would take 75 MB a layer), the two products, col2im.
+    """
+    xp = get_array_module(x, weight, grad_out)
+    o, cg, kh, kw = weight.shape
+    grad_rows = xp.ascontiguousarray(grad_out.transpose(1, 0, 2, 3)).reshape(groups, o // groups, -1)
+    grad_weight = grad_x = None
+    if needs_weight:
+        cols = im2col_batch_folded(x, kh, kw, stride, padding).reshape(groups, cg * kh * kw, -1)
+        grad_weight = xp.matmul(grad_rows, cols.transpose(0, 2, 1)).reshape(weight.shape)
+    if needs_x:
+        weight_t = weight.reshape(groups, o // groups, cg * kh * kw).transpose(0, 2, 1)  # (G, K, Og)
+        oh, ow = grad_out.shape[2:]
+        grad_cols = xp.matmul(weight_t, grad_rows).reshape(x.shape[1], kh, kw, x.shape[0], oh, ow)
+        grad_x = col2im_batch_folded(grad_cols, x.shape, stride, padding)
+    return grad_x, grad_weight
+
+
+# --- 5. the CUDA im2col and col2im ---------------------------------------------------------------------
 # im2col and col2im above call these on CuPy arrays (Python looks the names up when they run, so they
 # may come last): one CUDA thread per value written (CuPy ElementwiseKernels; ``i`` is the thread's index
 # into the output). im2col: entry i of cols (N, C, KH, KW, OH, OW) reads the input pixel it copies, or
@@ -756,3 +831,32 @@ COL2IM_CUDA = """
     x = total;
 """
 SIZES = "int32 h, int32 w, int32 kh, int32 kw, int32 oh, int32 ow, int32 sh, int32 sw, int32 p"
+# The same with the batch folded into the columns: cols (C, KH, KW, N, OH, OW) (the parameters add n and c).
+IM2COL_BATCH_CUDA = """
+    ptrdiff_t t = i;
+    const int ox = t % ow; t /= ow;
+    const int oy = t % oh; t /= oh;
+    const int image = t % n; t /= n;
+    const int j = t % kw; t /= kw;
+    const int k = t % kh; t /= kh;                      // t = the channel
+    const int row = oy * sh + k - p, col = ox * sw + j - p;
+    cols = (row >= 0 && row < h && col >= 0 && col < w) ? x[(((ptrdiff_t)image * c + t) * h + row) * w + col] : (T)0;
+"""
+COL2IM_BATCH_CUDA = """
+    ptrdiff_t t = i;
+    const int col = t % w; t /= w;
+    const int row = t % h; t /= h;
+    const int channel = t % c, image = t / c;
+    T total = 0;
+    for (int k = 0; k < kh; ++k) {
+        const int dy = row + p - k;
+        if (dy < 0 || dy % sh != 0 || dy / sh >= oh) continue;
+        for (int j = 0; j < kw; ++j) {
+            const int dx = col + p - j;
+            if (dx < 0 || dx % sw != 0 || dx / sw >= ow) continue;
+            const ptrdiff_t column = ((ptrdiff_t)image * oh + dy / sh) * ow + dx / sw;   // (n, r, s)
+            total += cols[((channel * kh + k) * kw + j) * ((ptrdiff_t)n * oh * ow) + column];
+        }
+    }
+    x = total;
+"""
