@@ -206,3 +206,22 @@ def test_launches_are_counted_by_part_and_do_not_depend_on_the_batch():
     assert f"{small['kernel_launches']} kernel launches" in table[0]
     assert len(table) == 2 + len(small["parts"])  # the totals, the column titles, a line per part
     assert all(any(line.startswith(part) for line in table[2:]) for part in small["parts"])
+
+
+# Kernel launches per SE-ResNet-20 step on the GPU (batch-independent), measured on the emulated CuPy. Were 1817 /
+# 354 before SGD, batch norm, the SE excitation, the pools and the conv got their own kernels; PyTorch's CUDA step
+# is about 440 launches. The target is 400 for the training step (not reached: the note in the README says what
+# is left). A change that adds launches fails here; one that removes them lowers these numbers.
+LAUNCH_BUDGET = {("se_resnet20", True): 619, ("se_resnet20", False): 158, ("resnet20", True): 439}
+
+
+@requires_gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("model, train", list(LAUNCH_BUDGET), ids=lambda v: str(v))
+def test_launches_per_step_stay_within_the_budget(model, train):
+    if not emulated_cupy.installed():
+        pytest.skip("counts kernel launches with the emulated CuPy's counters")
+    with threadpool_limits(limits=1, user_api="blas"):
+        counts = count_launches(model, 2, train=train)
+    assert counts["kernel_launches"] <= LAUNCH_BUDGET[model, train], format_counts(counts)
+    assert counts["host_syncs"] == 0

@@ -494,6 +494,9 @@ def matmul(a, b, out=None, **kwargs):
     if kwargs:
         raise TypeError(f"Wrong arguments {kwargs}")
     memories = [_memory(v, "cupy.matmul") for v in (a, b)]
+    # NumPy multiplies a stack of transposed matrices without BLAS, about 40x slower (10.9 ms against 0.27 ms
+    # for a conv's weight gradient, 2026-12-02): the same numbers from contiguous copies, for the tests' time.
+    memories = [np.ascontiguousarray(m) if m.ndim > 2 else m for m in memories]
     if out is not None:
         np.matmul(*memories, out=_memory(out, "cupy.matmul out="))
         counters.launch("matmul")
