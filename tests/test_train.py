@@ -381,3 +381,19 @@ def test_the_run_clock_counts_training_and_evaluation():
     state = train_module.RunState(epoch=2)
     timing = train_module.run_timing(config, rows, state, steps_per_epoch=50)
     assert timing == RunTiming(elapsed_before=250.0, steps_after=50, seconds_after=30.0)
+
+
+def test_the_figures_leave_matplotlibs_backend_alone(tmp_path):
+    """The curves, the study's results and the excitation figures draw on a bare Figure: a notebook's inline
+    backend (here svg, as a stand-in) stays, where matplotlib.use("Agg") switched every later figure off."""
+    import matplotlib
+
+    previous = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        (tmp_path / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "train_loss": 2.0, "train_acc": 0.2}) + "\n")
+        train_module.plot_curves(str(tmp_path))
+        assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(previous)

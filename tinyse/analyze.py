@@ -227,24 +227,24 @@ def save_results(path, result, classes, counts):
     atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
-def _pyplot():
-    import matplotlib
+def _figure(**options):
+    """A matplotlib Figure drawn straight to a file: no pyplot, so no backend is switched (a notebook's stay)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(**options)
 
 
 def plot_excitations(path, result, names, classes, title=""):
     """One panel per block in ``names``: the class-mean gate against channel index, one curve per class,
     and the mean over classes in thick black. Up to 20 classes get colours and a legend."""
-    plt = _pyplot()
+    import matplotlib
+
     columns = min(len(names), 3)
     rows = -(-len(names) // columns)
-    figure, axes = plt.subplots(rows, columns, squeeze=False)
+    figure = _figure()
+    axes = figure.subplots(rows, columns, squeeze=False)
     few = len(classes) <= 20
-    colours = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20").colors if few else None
+    colours = matplotlib.colormaps["tab10" if len(classes) <= 10 else "tab20"].colors if few else None
     for ax, name in zip(axes.flat, names):
         s = result["stats"][name]
         means = s["class_means"]  # (classes, C)
@@ -272,16 +272,15 @@ def plot_excitations(path, result, names, classes, title=""):
     figure.suptitle(title)
     figure.tight_layout(rect=(0, legend_height / figure.get_figheight(), 1, 1))
     atomic_write(path, lambda f: figure.savefig(f, format="png", dpi=110))
-    plt.close(figure)
 
 
 def plot_specificity(path, result, chance, title=""):
     """Specificity of every SE block against its depth (1 = nearest the input), stages divided by dotted lines."""
-    plt = _pyplot()
     names = result["blocks"]
     depth = np.arange(1, len(names) + 1)
     values = [result["stats"][name]["specificity"] for name in names]
-    figure, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(names) + 3), 4.2))
+    figure = _figure(figsize=(max(6.0, 0.45 * len(names) + 3), 4.2))
+    ax = figure.subplots()
     ax.plot(depth, values, marker="o", color="tab:red", label="specificity (between / within class variance)")
     if np.isfinite(chance):
         ax.axhline(chance, color="gray", ls="--", lw=1, label=f"expected without class dependence ({chance:.3f})")
@@ -297,7 +296,6 @@ def plot_specificity(path, result, chance, title=""):
     ax.legend(fontsize=8)
     figure.tight_layout()
     atomic_write(path, lambda f: figure.savefig(f, format="png", dpi=110))
-    plt.close(figure)
 
 
 # --- the command line --------------------------------------------------------------------------------

@@ -603,13 +603,11 @@ def time_ratio(runs):
 
 def plot_results(out, results):
     """OUT/results.png: test accuracy against epoch, a colour per variant (thin: each seed, thick: their mean)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no backend switched under a notebook
 
     metric = results.get("metric") or "test_acc"
-    figure, axes = plt.subplots(figsize=(7, 4.5))
+    figure = Figure(figsize=(7, 4.5))
+    axes = figure.subplots()
     for index, label in enumerate(results["stats"]):
         color = f"C{index}"
         curves = [{row["epoch"]: 100 * row[metric] for row in epoch_rows(run["folder"]) if metric in row}
@@ -628,7 +626,6 @@ def plot_results(out, results):
     axes.legend(fontsize=8)
     figure.tight_layout()
     atomic_write(os.path.join(out, "results.png"), lambda f: figure.savefig(f, format="png", dpi=100))
-    plt.close(figure)
 
 
 def recipe_line(recipe):

@@ -583,13 +583,11 @@ def read_metrics(out):
 
 def plot_curves(out):
     """DIR/curves.png: loss and accuracy against epoch for train, validation and test."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no backend switched under a notebook
 
     rows = read_metrics(out)
-    figure, (loss_axes, acc_axes) = plt.subplots(1, 2, figsize=(10, 4))
+    figure = Figure(figsize=(10, 4))
+    loss_axes, acc_axes = figure.subplots(1, 2)
     for split in ("train", "val", "test", "raw_val", "raw_test"):
         evaluated = [r for r in rows if f"{split}_loss" in r]  # epochs without an evaluation have no val / test
         if evaluated:
@@ -605,7 +603,6 @@ def plot_curves(out):
     figure.suptitle(os.path.basename(os.path.normpath(out)))
     figure.tight_layout()
     atomic_write(os.path.join(out, "curves.png"), lambda f: figure.savefig(f, format="png", dpi=100))
-    plt.close(figure)
 
 
 def config_from_args(args):
