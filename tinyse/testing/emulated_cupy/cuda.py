@@ -47,20 +47,16 @@ def _check_device_id(device):
         raise CUDARuntimeError("cudaErrorInvalidDevice", "invalid device ordinal")
 
 
-class Device:
-    """``cupy.cuda.Device(device=None)``: the emulated GPU is device 0."""
+class _Queue:
+    """What a Device and a Stream share: waiting for their queue, and being made current (a no-op here)."""
 
     __module__ = "cupy.cuda"
 
-    def __init__(self, device=None):
-        self.id = 0 if device is None else int(device)
-        _check_device_id(self.id)
-
     def __getattr__(self, name):
-        raise missing("cupy.cuda.Device", name, kind="object")
+        raise missing(f"cupy.cuda.{type(self).__name__}", name, kind="object")
 
     def synchronize(self):
-        """Wait until the device has finished its queue: a host synchronisation (counted)."""
+        """Wait until the queue has finished: a host synchronisation (counted)."""
         counters.sync()
 
     def use(self):
@@ -71,6 +67,14 @@ class Device:
 
     def __exit__(self, *args):
         pass
+
+
+class Device(_Queue):
+    """``cupy.cuda.Device(device=None)``: the emulated GPU is device 0."""
+
+    def __init__(self, device=None):
+        self.id = 0 if device is None else int(device)
+        _check_device_id(self.id)
 
     def __int__(self):
         return self.id
@@ -93,29 +97,12 @@ class Device:
         return TOTAL_MEMORY - default_memory_pool.total_bytes(), TOTAL_MEMORY
 
 
-class Stream:
+class Stream(_Queue):
     """``cupy.cuda.Stream``: only the null stream, on which everything runs in order."""
-
-    __module__ = "cupy.cuda"
 
     def __init__(self, null=False, non_blocking=False, ptds=False):
         if not null:
             raise missing("cupy.cuda.Stream", "__init__ of a stream other than the null stream")
-
-    def __getattr__(self, name):
-        raise missing("cupy.cuda.Stream", name, kind="object")
-
-    def synchronize(self):
-        counters.sync()
-
-    def use(self):
-        return self
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *args):
-        pass
 
     def __repr__(self):
         return "<Stream 0 (device 0)>"
