@@ -199,24 +199,32 @@ class BatchNorm(Function):
         return y
 
     def backward_on_gpu(self, grad_out, m):
-        """The backward on CuPy arrays, dL/dy (N, C, H*W): dL/dbeta (a sum), dL/dgamma (a ReductionKernel of
-        dL/dy x_hat), then dL/dx in one kernel: scale (dL/dy - (dL/dbeta + x_hat dL/dgamma) / m) in training,
-        scale dL/dy in eval (mu and var constants)."""
+        """The backward on CuPy arrays, dL/dy (N, C, H*W): dL/dbeta and dL/dgamma (two ReductionKernels: the
+        sums of g and of g x_hat), then dL/dx in one kernel: scale (g - (dL/dbeta + x_hat dL/dgamma) / m) in
+        training, scale g in eval (mu and var constants). g = dL/dy, or with the ReLU (``relu``) dL/dy where
+        y > 0, else 0: the mask is applied inside the three kernels, not by a fourth."""
         if self.x is None:
             raise RuntimeError("batch_norm's backward ran twice: the first one used up its saved x")
         need, x, mu, inv_std = self.needs_input_grad, self.x, self.mu[:, None], self.inv_std[:, None]
-        sum_grad = grad_out.sum(axis=(0, 2))
+        # the ReLU's mask read from its output y, as ``relu_grad`` does
+        if self.relu:
+            grads, g, name = (grad_out, self.y.reshape(grad_out.shape)), "(y > 0 ? grad : (T)0)", "tinyse_bn_relu"
+        else:
+            grads, g, name = (grad_out,), "grad", "tinyse_bn"
+        params = "T grad, T y" if self.relu else "T grad"
+        sum_grad = reduction_kernel(params, "T total", g, "a + b", "total = a", "0", f"{name}_grad_beta")(
+            *grads, axis=(0, 2))
         sum_grad_xhat = reduction_kernel(
-            "T grad, T x, T mu, T inv_std", "T total", "grad * (x - mu) * inv_std", "a + b", "total = a", "0",
-            "tinyse_bn_grad_gamma")(grad_out, x, mu, inv_std, axis=(0, 2)) if need[1] or self.training else None
+            f"{params}, T x, T mu, T inv_std", "T total", f"{g} * (x - mu) * inv_std", "a + b", "total = a", "0",
+            f"{name}_grad_gamma")(*grads, x, mu, inv_std, axis=(0, 2)) if need[1] or self.training else None
         grad_x = None
         if need[0]:
             training = "- (sum_grad + (x - mu) * inv_std * sum_grad_xhat) / m" if self.training else ""
             grad_x = elementwise_kernel(
-                "T grad, T x, T mu, T inv_std, T scale, T sum_grad, T sum_grad_xhat, T m", "T grad_x",
-                f"grad_x = scale * (grad {training})", "tinyse_bn_grad_x_training" if self.training else
-                "tinyse_bn_grad_x_eval")(grad_out, x, mu, inv_std, self.scale[:, None], sum_grad[:, None],
-                                         (sum_grad if sum_grad_xhat is None else sum_grad_xhat)[:, None], m)
+                f"{params}, T x, T mu, T inv_std, T scale, T sum_grad, T sum_grad_xhat, T m", "T grad_x",
+                f"grad_x = scale * ({g} {training})", f"{name}_grad_x_{'training' if self.training else 'eval'}",
+            )(*grads, x, mu, inv_std, self.scale[:, None], sum_grad[:, None],
+              (sum_grad if sum_grad_xhat is None else sum_grad_xhat)[:, None], m)
             grad_x = grad_x.reshape(self.x_shape)
         if self.training:
             self.x = None  # one backward per forward, as on the CPU
