@@ -136,21 +136,29 @@ STEP_COUNTS = """
 
 
 def exercise_3():
-    """The kernels of a plain ResNet-20: the same im2col, col2im and bn_relu launches as SE-ResNet-20 (the same
-    convolutions and BatchNormReLU2d layers); tinyse_add_relu appears, once per residual unit, in place of
-    tinyse_scale_add_relu, and relu_grad runs once per BatchNormReLU2d and once per residual unit's end."""
-    from tinyse.nn import BatchNormReLU2d, Conv2d
+    """The kernels of a plain ResNet-20: the same convolution and batch-norm launches as SE-ResNet-20 (the same
+    convolutions and batch norms); tinyse_add_relu appears, once per residual unit, in place of
+    tinyse_scale_add_relu, the excitation's and the SE scale's kernels disappear, and relu_grad runs once per
+    BatchNormReLU2d and once per residual unit's end (add_relu's backward)."""
+    from tinyse.nn import BatchNorm2d, BatchNormReLU2d, Conv2d
 
     model = models.create("resnet20")
-    convs = [module for _, module in model.named_modules() if isinstance(module, Conv2d)]
+
+    def layers(kind):
+        return sum(1 for _, module in model.named_modules() if type(module) is kind)
+
+    convs, norms, norms_relu = layers(Conv2d), layers(BatchNorm2d), layers(BatchNormReLU2d)
     units = sum(1 for name, _ in model.named_modules() if name.count(".") == 1 and name.startswith("layer"))
+    every_norm = ("tinyse_bn_variance", "tinyse_bn_statistics", "tinyse_bn_grad_gamma", "tinyse_bn_grad_x")
     expected = {
-        "tinyse_im2col": 2 * len(convs) + sum(1 for c in convs if c.stride == 1 and c is not model.conv1),
-        "tinyse_col2im": sum(1 for c in convs if c.stride != 1),
-        "tinyse_bn_relu": sum(1 for _, m in model.named_modules() if isinstance(m, BatchNormReLU2d)),
+        "tinyse_im2col_batch": 2 * convs,
+        "tinyse_col2im_batch": convs - 1,
+        "tinyse_bn": norms, "tinyse_bn_relu": norms_relu,
+        **dict.fromkeys(every_norm, norms + norms_relu),
         "tinyse_add_relu": units,
+        "tinyse_relu_grad": norms_relu + units,
+        "tinyse_sgd_step": len(list(model.parameters())),
     }
-    expected["tinyse_relu_grad"] = expected["tinyse_bn_relu"] + units
     counted = on_emulated_gpu(STEP_COUNTS.format(name="resnet20"))
     print(f"predicted from the layers: {dict(sorted(expected.items()))}")
     print(f"counted on the emulated GPU: {dict(sorted(counted.items()))}")

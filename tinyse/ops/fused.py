@@ -16,9 +16,10 @@ the forward and the ReLU's backward are each one ``ElementwiseKernel``.
 """
 import numpy as np
 
-from tinyse.backend import elementwise_kernel, get_array_module, reduction_kernel
+from tinyse.backend import elementwise_kernel, get_array_module
 from tinyse.ops.activation import relu_grad
 from tinyse.ops.norm import BatchNorm
+from tinyse.ops.se import gate_grad_of_scale
 from tinyse.parallel import for_each_chunk_of
 from tinyse.tensor import Function
 
@@ -38,8 +39,6 @@ class BatchNormReLU(BatchNorm):
         return self.y
 
     def backward(self, grad_out):
-        if get_array_module(grad_out) is not np:  # batch norm's GPU kernels apply the ReLU's mask themselves
-            return super().backward(grad_out)
         return super().backward(relu_grad(grad_out, self.y))
 
 
@@ -98,8 +97,7 @@ class ScaleAddReLU(Function):
                     "tinyse_scale_add_relu_grad")(grad_out, y, s[:, :, None, None])
             if need[0] and s is None:
                 grad_u = g
-            grad_s = reduction_kernel("T g, T u", "T grad_s", "g * u", "a + b", "grad_s = a", "0",
-                                      "tinyse_se_scale_grad_s")(g, u, axis=(2, 3)) if need[1] else None
+            grad_s = gate_grad_of_scale(g, u) if need[1] else None
             return grad_u, grad_s, g if need[2] else None
         # NumPy: each chunk of the batch through g, dL/du and dL/ds while it is in the cache, on every core
         g = np.empty(y.shape, y.dtype)

@@ -110,9 +110,14 @@ class BatchNorm(Function):
                 np.maximum(out, 0, out=out)
             return
         shift = 0.0 if shift is None else shift[:, None].astype(values.dtype, copy=False)
-        kernel = elementwise_kernel("T values, T scale, T shift", "T y", "y = values * scale + shift" + (
-            "; y = y > 0 ? y : (T)0" if self.relu else ""), "tinyse_bn_relu" if self.relu else "tinyse_bn")
-        kernel(values, scale[:, None].astype(values.dtype, copy=False), shift, out)
+        scale = scale[:, None].astype(values.dtype, copy=False)
+        if self.relu:
+            elementwise_kernel("T values, T scale, T shift", "T y",
+                               "const T v = values * scale + shift; y = v > 0 ? v : (T)0", "tinyse_bn_relu")(
+                values, scale, shift, out)
+        else:
+            elementwise_kernel("T values, T scale, T shift", "T y", "y = values * scale + shift", "tinyse_bn")(
+                values, scale, shift, out)
 
     def backward(self, grad_out):
         n, c = grad_out.shape[:2]
@@ -159,38 +164,31 @@ class BatchNorm(Function):
         grad_beta = sum_grad if need[2] else None
         return grad_x, grad_gamma, grad_beta
 
-    # --- on the GPU: the same math in 4 kernels forward and 3 backward (cf. 18-20 and 12-14 as NumPy calls) ---
+    # --- on the GPU: the same math in 4 kernel launches forward and 3 backward (cf. 18-20 and 12-14 as NumPy calls)
     def forward_on_gpu(self, x, gamma, beta):
         """The forward on CuPy arrays, x (N, C, H*W): mu (a mean), var (a ReductionKernel), the per-channel
-        numbers and the running statistics (one kernel over C), then y = scale x + shift (one kernel).
-        Kept for the backward: x itself (the conv's output, which nothing else keeps), mu and 1 / sqrt(var + eps)."""
+        numbers and the running statistics (one kernel over C, BN_STATISTICS_CUDA), then y = scale x + shift
+        (one kernel, ``scale_shift``). Kept for the backward: x itself (the conv's output, which nothing else
+        keeps), mu and 1 / sqrt(var + eps)."""
         xp = get_array_module(x)
         m = x.shape[0] * x.shape[2]
         if self.training:
             mu = x.mean(axis=(0, 2))
-            var = reduction_kernel("T x, T mu", "T var", "(x - mu) * (x - mu)", "a + b", "var = a / (_in_ind.size() "
-                                   "/ _out_ind.size())", "0", "tinyse_bn_variance")(x, mu[:, None], axis=(0, 2))
+            var = reduction_kernel("T x, T mu", "T var", "(x - mu) * (x - mu)", "a + b",
+                                   "var = a / (_in_ind.size() / _out_ind.size())", "0",
+                                   "tinyse_bn_variance")(x, mu[:, None], axis=(0, 2))
         else:
             mu, var = self.running_mean, self.running_var
         update = self.training and self.running_mean is not None and self.running_var is not None
-        statistics = elementwise_kernel(
-            "T mu, T var, T gamma, T beta, T eps, T momentum, T unbias",
-            "T inv_std, T scale, T shift" + (", T running_mean, T running_var" if update else ""),
-            """
-            inv_std = (T)1 / sqrt(var + eps);
-            scale = gamma * inv_std;
-            shift = beta - scale * mu;
-            """ + ("""
-            running_mean = ((T)1 - momentum) * running_mean + momentum * mu;
-            running_var = ((T)1 - momentum) * running_var + momentum * var * unbias;
-            """ if update else ""),
-            "tinyse_bn_statistics_update" if update else "tinyse_bn_statistics",
-        )
+        # momentum 0 leaves the running statistics as they are (eval mode, or none kept: scratch arrays)
+        running = (self.running_mean, self.running_var) if update else (xp.empty_like(mu), xp.empty_like(mu))
         inv_std, scale, shift = (xp.empty_like(mu) for _ in range(3))
-        running = (self.running_mean, self.running_var) if update else ()
+        statistics = elementwise_kernel("T mu, T var, T gamma, T beta, T eps, T momentum, T unbias",
+                                        "T inv_std, T scale, T shift, T running_mean, T running_var",
+                                        BN_STATISTICS_CUDA, "tinyse_bn_statistics")
         statistics(mu, var, 1.0 if gamma is None else gamma.astype(mu.dtype, copy=False),
-                   0.0 if beta is None else beta.astype(mu.dtype, copy=False), self.eps, self.momentum,
-                   m / max(m - 1, 1), inv_std, scale, shift, *running)
+                   0.0 if beta is None else beta.astype(mu.dtype, copy=False), self.eps,
+                   self.momentum if update else 0.0, m / max(m - 1, 1), inv_std, scale, shift, *running)
         if not self.training and is_grad_enabled():
             mu = mu.copy()  # the running mean may change before a backward
         self.x, self.mu, self.inv_std, self.scale = x, mu, inv_std, scale
@@ -199,35 +197,29 @@ class BatchNorm(Function):
         return y
 
     def backward_on_gpu(self, grad_out, m):
-        """The backward on CuPy arrays, dL/dy (N, C, H*W): dL/dbeta and dL/dgamma (two ReductionKernels: the
-        sums of g and of g x_hat), then dL/dx in one kernel: scale (g - (dL/dbeta + x_hat dL/dgamma) / m) in
-        training, scale g in eval (mu and var constants). g = dL/dy, or with the ReLU (``relu``) dL/dy where
-        y > 0, else 0: the mask is applied inside the three kernels, not by a fourth."""
+        """The backward on CuPy arrays, dL/dy (N, C, H*W): dL/dbeta (a sum), dL/dgamma (a ReductionKernel of
+        dL/dy x_hat), then dL/dx in one kernel: scale (dL/dy - (dL/dbeta + x_hat dL/dgamma) / m) in training
+        (BN_GRAD_X_CUDA), scale dL/dy in eval (mu and var constants)."""
         if self.x is None:
             raise RuntimeError("batch_norm's backward ran twice: the first one used up its saved x")
         need, x, mu, inv_std = self.needs_input_grad, self.x, self.mu[:, None], self.inv_std[:, None]
-        # the ReLU's mask read from its output y, as ``relu_grad`` does
-        if self.relu:
-            grads, g, name = (grad_out, self.y.reshape(grad_out.shape)), "(y > 0 ? grad : (T)0)", "tinyse_bn_relu"
-        else:
-            grads, g, name = (grad_out,), "grad", "tinyse_bn"
-        params = "T grad, T y" if self.relu else "T grad"
-        sum_grad = reduction_kernel(params, "T total", g, "a + b", "total = a", "0", f"{name}_grad_beta")(
-            *grads, axis=(0, 2))
-        sum_grad_xhat = reduction_kernel(
-            f"{params}, T x, T mu, T inv_std", "T total", f"{g} * (x - mu) * inv_std", "a + b", "total = a", "0",
-            f"{name}_grad_gamma")(*grads, x, mu, inv_std, axis=(0, 2)) if need[1] or self.training else None
+        scale = self.scale[:, None]
+        sum_grad = grad_out.sum(axis=(0, 2))
+        sum_grad_xhat = None
+        if need[1] or self.training:
+            sum_grad_xhat = reduction_kernel("T grad, T x, T mu, T inv_std", "T total", "grad * (x - mu) * inv_std",
+                                             "a + b", "total = a", "0", "tinyse_bn_grad_gamma")(
+                grad_out, x, mu, inv_std, axis=(0, 2))
         grad_x = None
-        if need[0]:
-            training = "- (sum_grad + (x - mu) * inv_std * sum_grad_xhat) / m" if self.training else ""
-            grad_x = elementwise_kernel(
-                f"{params}, T x, T mu, T inv_std, T scale, T sum_grad, T sum_grad_xhat, T m", "T grad_x",
-                f"grad_x = scale * ({g} {training})", f"{name}_grad_x_{'training' if self.training else 'eval'}",
-            )(*grads, x, mu, inv_std, self.scale[:, None], sum_grad[:, None],
-              (sum_grad if sum_grad_xhat is None else sum_grad_xhat)[:, None], m)
-            grad_x = grad_x.reshape(self.x_shape)
+        if need[0] and self.training:
+            grad_x = elementwise_kernel("T grad, T x, T mu, T inv_std, T scale, T sum_grad, T sum_grad_xhat, T m",
+                                        "T grad_x", BN_GRAD_X_CUDA, "tinyse_bn_grad_x")(
+                grad_out, x, mu, inv_std, scale, sum_grad[:, None], sum_grad_xhat[:, None], m)
+        elif need[0]:
+            grad_x = grad_out * scale
         if self.training:
             self.x = None  # one backward per forward, as on the CPU
+        grad_x = None if grad_x is None else grad_x.reshape(self.x_shape)
         return grad_x, sum_grad_xhat if need[1] else None, sum_grad if need[2] else None
 
     def take_x_centered(self):
@@ -249,3 +241,20 @@ class BatchNorm(Function):
             raise ValueError(f"batch_norm in training mode needs more than 1 value per channel, got input {x.shape}")
         if not self.training and (self.running_mean is None or self.running_var is None):
             raise ValueError("batch_norm in eval mode needs running_mean and running_var")
+
+
+# --- the CUDA sources of the GPU kernels (CuPy ElementwiseKernels; one thread per value written) --------------
+# Per channel: 1 / sqrt(var + eps), y = scale x + shift's scale and shift, and the running statistics
+# (unbias = m / (m - 1): the running variance is the unbiased one, as PyTorch keeps it).
+BN_STATISTICS_CUDA = """
+    inv_std = (T)1 / sqrt(var + eps);
+    scale = gamma * inv_std;
+    shift = beta - scale * mu;
+    running_mean = ((T)1 - momentum) * running_mean + momentum * mu;
+    running_var = ((T)1 - momentum) * running_var + momentum * var * unbias;
+"""
+# dL/dx in training: (g - mean(g) - x_hat mean(g x_hat)) gamma / sqrt(var + eps), with the two means from
+# the sums dL/dbeta and dL/dgamma.
+BN_GRAD_X_CUDA = """
+    grad_x = scale * (grad - (sum_grad + (x - mu) * inv_std * sum_grad_xhat) / m);
+"""

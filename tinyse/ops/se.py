@@ -79,41 +79,53 @@ class SEExcite(Function):
                 raise ValueError(f"se_excite: {name} must have shape ({size},), got {bias.shape}")
 
 
-# The gates: y = gate(x) as CUDA C (sigmoid in the overflow-free form of ``stable_sigmoid``), and dL/dv from y.
-GATE_CUDA = {
-    "relu": "y = x > 0 ? x : (T)0",
-    "sigmoid": "const T e = exp(-fabs(x)); y = (x >= 0 ? (T)1 : e) / ((T)1 + e)",
-    "tanh": "y = tanh(x)",
-}
-GATE_GRAD_CUDA = {
-    "relu": "grad_v = y > 0 ? grad_y : (T)0",
-    "sigmoid": "grad_v = grad_y * y * ((T)1 - y)",
-    "tanh": "grad_v = grad_y * ((T)1 - y * y)",
-}
-
-
 def add_bias_then(v, bias, gate):
-    """gate(v + bias) for v (N, K) a fresh product, bias (K,) or None: in place on NumPy, one kernel on the GPU."""
+    """gate(v + bias) for v (N, K) a fresh product, bias (K,) or None: in place on NumPy; on the GPU one
+    kernel for the ReLU and the sigmoid (the paper's gate; its sigmoid in the overflow-free form of
+    ``stable_sigmoid``), CuPy's own calls for the tanh ablation."""
     xp = get_array_module(v)
-    if xp is not np:
-        bias = 0.0 if bias is None else bias.astype(v.dtype, copy=False)
-        kernel = elementwise_kernel("T v, T bias", "T y", f"const T x = v + bias; {GATE_CUDA[gate]}",
-                                    f"tinyse_bias_{gate}")
-        return kernel(v, bias)
-    if bias is not None:
-        v += bias
+    if xp is np:
+        if bias is not None:
+            v += bias
+        if gate == "sigmoid":
+            return stable_sigmoid(v)
+        return np.maximum(v, 0, out=v) if gate == "relu" else np.tanh(v, out=v)
+    bias = 0.0 if bias is None else bias.astype(v.dtype, copy=False)
+    if gate == "relu":
+        return elementwise_kernel("T v, T bias", "T y", "const T x = v + bias; y = x > 0 ? x : (T)0",
+                                  "tinyse_bias_relu")(v, bias)
     if gate == "sigmoid":
-        return stable_sigmoid(v)
-    return np.maximum(v, 0, out=v) if gate == "relu" else np.tanh(v, out=v)
+        return elementwise_kernel("T v, T bias", "T y", SIGMOID_CUDA, "tinyse_bias_sigmoid")(v, bias)
+    return xp.tanh(v + bias)
 
 
 def gate_grad(grad_y, y, gate):
-    """dL/dv from dL/dy and y = gate(v): a new array (one kernel on the GPU)."""
-    if get_array_module(grad_y, y) is not np:
-        return elementwise_kernel("T grad_y, T y", "T grad_v", GATE_GRAD_CUDA[gate], f"tinyse_{gate}_grad")(grad_y, y)
-    if gate == "sigmoid":
-        return grad_y * y * (1 - y)
-    return grad_y * (1 - y * y) if gate == "tanh" else grad_y * (y > 0)
+    """dL/dv from dL/dy and y = gate(v): a new array (one kernel on the GPU for the sigmoid and the ReLU)."""
+    if gate == "relu":
+        return relu_grad(grad_y, y)
+    if gate == "sigmoid" and get_array_module(grad_y, y) is not np:
+        return elementwise_kernel("T grad_y, T y", "T grad_v", "grad_v = grad_y * y * ((T)1 - y)",
+                                  "tinyse_sigmoid_grad")(grad_y, y)
+    return grad_y * y * (1 - y) if gate == "sigmoid" else grad_y * (1 - y * y)
+
+
+def gate_grad_of_scale(grad, u):
+    """dL/ds[n, c] = sum over h, w of grad * u, for a scale X~ = s[n, c] u (grad = dL/dX~): (N, C).
+
+    One pass, no (N, C, H, W) temporary: an einsum on NumPy; on the GPU one ReductionKernel (CuPy's
+    two-operand einsum would copy a transposed operand, then run a batched matrix product)."""
+    if get_array_module(grad, u) is np:
+        return np.einsum("nchw,nchw->nc", grad, u)
+    return reduction_kernel("T grad, T u", "T grad_s", "grad * u", "a + b", "grad_s = a", "0",
+                            "tinyse_se_scale_grad_s")(grad, u, axis=(2, 3))
+
+
+# y = sigmoid(v + bias) without overflow: with e = exp(-|x|), 1 / (1 + e) for x >= 0 and e / (1 + e) below.
+SIGMOID_CUDA = """
+    const T x = v + bias;
+    const T e = exp(-fabs(x));
+    y = (x >= 0 ? (T)1 : e) / ((T)1 + e);
+"""
 
 
 class SEScale(Function):
@@ -135,9 +147,5 @@ class SEScale(Function):
         grad_u = grad_out * self.s[:, :, None, None] if self.needs_input_grad[0] else None
         grad_s = None
         if self.needs_input_grad[1]:  # one pass, no (N, C, H, W) temporary
-            if get_array_module(grad_out) is np:
-                grad_s = np.einsum("nchw,nchw->nc", grad_out, self.u)
-            else:  # one reduction kernel (CuPy's two-operand einsum is a transposed copy and a batched product)
-                grad_s = reduction_kernel("T grad, T u", "T grad_s", "grad * u", "a + b", "grad_s = a", "0",
-                                          "tinyse_se_scale_grad_s")(grad_out, self.u, axis=(2, 3))
+            grad_s = gate_grad_of_scale(grad_out, self.u)
         return grad_u, grad_s
