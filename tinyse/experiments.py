@@ -707,10 +707,11 @@ def results_markdown(results):
         threads = sorted({r["threads"] for r in runs if r.get("threads")})
         lines += ["", f"Training time, tinyse / PyTorch: {ratio['mean']:.2f}× (mean seconds over seeds; {per_seed})"
                   + (f", {' and '.join(map(str, threads))} thread(s) per run." if threads else ".")]
-    lines += ["", "## Runs", "", f"| variant | seed | {METRIC_NAMES[metric]} | test acc % | train s | folder |",
-              "|---|---:|---:|---:|---:|---|"]
-    lines += [f"| {r['variant']} | {r['seed']} | {100 * r[metric]:.2f} | {100 * r['test_acc']:.2f} "
-              f"| {r['train_seconds']:.0f} | {r['folder']} |" for r in runs]
+    columns = [metric] if metric == "test_acc" else [metric, "test_acc"]  # the compared number, then the test's
+    lines += ["", "## Runs", "", "| variant | seed | " + " | ".join(METRIC_NAMES[c] for c in columns)
+              + " | train s | folder |", "|---|---:|" + "---:|" * len(columns) + "---:|---|"]
+    lines += [f"| {r['variant']} | {r['seed']} | " + " | ".join(f"{100 * r[c]:.2f}" for c in columns)
+              + f" | {r['train_seconds']:.0f} | {r['folder']} |" for r in runs]
     if results["unfinished"]:
         lines += ["", "Unfinished (not counted): " + ", ".join(results["unfinished"])]
     return "\n".join(lines) + "\n"
