@@ -89,14 +89,13 @@ class ScaleAddReLU(Function):
     def backward(self, grad_out):
         u, s, y, need = self.u, self.s, self.y, self.needs_input_grad
         if get_array_module(grad_out, y) is not np:  # one kernel for g and dL/du, one reduction for dL/ds
-            if s is None or not need[0]:
-                g, grad_u = relu_grad(grad_out, y), None
-            else:
+            if need[0] and s is not None:
                 g, grad_u = elementwise_kernel(
                     "T grad_out, T y, T s", "T g, T grad_u", "g = y > 0 ? grad_out : (T)0; grad_u = g * s",
                     "tinyse_scale_add_relu_grad")(grad_out, y, s[:, :, None, None])
-            if need[0] and s is None:
-                grad_u = g
+            else:
+                g = relu_grad(grad_out, y)
+                grad_u = g if need[0] else None  # without s, dL/du = g
             grad_s = gate_grad_of_scale(g, u) if need[1] else None
             return grad_u, grad_s, g if need[2] else None
         # NumPy: each chunk of the batch through g, dL/du and dL/ds while it is in the cache, on every core

@@ -109,8 +109,8 @@ class BatchNorm(Function):
             if self.relu:
                 np.maximum(out, 0, out=out)
             return
-        shift = 0.0 if shift is None else shift[:, None].astype(values.dtype, copy=False)
-        scale = scale[:, None].astype(values.dtype, copy=False)
+        # on the GPU forward_on_gpu always hands a shift (beta - scale mu)
+        scale, shift = (a[:, None].astype(values.dtype, copy=False) for a in (scale, shift))
         if self.relu:
             elementwise_kernel("T values, T scale, T shift", "T y",
                                "const T v = values * scale + shift; y = v > 0 ? v : (T)0", "tinyse_bn_relu")(
