@@ -25,8 +25,9 @@ from tinyse.optim import (
     warmup,
 )
 from tinyse.tensor import Tensor
+from tinyse.testing import emulated_cupy
 
-from conftest import DEVICES, rel_error
+from conftest import DEVICES, rel_error, requires_gpu
 
 SGD_TOLERANCE = {np.float64: 1e-12, np.float32: 1e-6}
 SHAPES = [(3, 4), (5,), (2, 3, 2, 2)]
@@ -112,8 +113,44 @@ def test_sgd_matches_torch_every_setting(settings):
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("settings", SETTINGS)
 def test_sgd_matches_torch_on_device(device, dtype, settings):
-    """On the GPU the step is one kernel per parameter (``SGD._step_in_one_kernel``): every setting against torch."""
+    """On the GPU every setting against torch: the step is one kernel over all the parameters when each has a
+    gradient (``SGD._step_all_on_gpu``), one kernel per parameter in the steps where some have none."""
     assert_sgd_matches_torch(3, 5, dtype, settings, device)
+
+
+@requires_gpu
+@pytest.mark.gpu
+def test_sgd_on_the_gpu_is_two_launches_a_step_and_follows_arrays_swapped_under_it():
+    """With every parameter holding a gradient, a GPU step gathers the gradients (one kernel for more than 8
+    arrays, as CuPy's concatenate) and updates all the parameters in one kernel: 2 launches for 12
+    parameters. Arrays swapped under the optimiser between steps (a parameter's, as ``Module.to`` and
+    ``load_state_dict`` do; the momentum buffers, by the optimiser's own ``load_state_dict``) are the ones
+    updated next: 4 steps against torch's, float64."""
+    if not emulated_cupy.installed():
+        pytest.skip("counts launches with the emulated CuPy's counters")
+    rng = np.random.default_rng(2)
+    shapes = [(3, 4), (5,), (2, 3, 2, 2)] * 4
+    initial = [rng.standard_normal(shape) for shape in shapes]
+    grads = [[rng.standard_normal(shape) for shape in shapes] for _ in range(4)]
+    params = [Tensor(to_device(a.copy(), "gpu"), requires_grad=True) for a in initial]
+    groups = [{"params": params[:6], "weight_decay": 5e-4}, {"params": params[6:], "weight_decay": 0.0}]
+    optimizer = SGD(groups, 0.1, momentum=0.9, nesterov=True)
+    twins = [torch.tensor(a) for a in initial]
+    torch_optimizer = torch.optim.SGD([{"params": twins[:6], "weight_decay": 5e-4}, {"params": twins[6:]}],
+                                      lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.0)
+    for step, step_grads in enumerate(grads):
+        if step == 2:
+            params[4].data = params[4].data.copy()  # a new array, as Module.to or load_state_dict leave
+            optimizer.load_state_dict(optimizer.state_dict())  # new momentum buffers
+        for p, twin, g in zip(params, twins, step_grads):
+            p.grad, twin.grad = to_device(g, "gpu"), torch.tensor(g)
+        with emulated_cupy.counting() as counts:
+            optimizer.step()
+        torch_optimizer.step()
+        if step in (1, 3):  # a step on the flat arrays as they stand (steps 0 and 2 first lay them out)
+            assert counts["kernel_launches"] == 2, counts["launches_by_name"]
+    for index, (p, twin) in enumerate(zip(params, twins)):
+        assert rel_error(p.data, twin.numpy()) < SGD_TOLERANCE[np.float64], f"parameter {index}"
 
 
 def test_parameters_without_gradient_are_skipped():

@@ -311,7 +311,7 @@ def test_add_gradient_adds_in_place_only_into_arrays_nothing_else_holds():
 
 def fresh_grad_cases():
     """(name, op, input arrays) for each op that sets fresh_input_grads, in every mode whose backward differs."""
-    from tinyse.ops import activation, conv, fused, norm, se
+    from tinyse.ops import activation, conv, fused, linalg, norm, se
 
     rng = np.random.default_rng(5)
     x, u = rng.standard_normal((2, 3, 5, 5)), rng.standard_normal((2, 3, 4, 4))
@@ -330,6 +330,7 @@ def fresh_grad_cases():
         ("se_scale", se.SEScale(), [u, gates]),
         *((f"se_excite {gate}", se.SEExcite(gate), [gates, rng.standard_normal((2, 3)), rng.standard_normal(2),
                                                     rng.standard_normal((3, 2)), None]) for gate in se.GATES),
+        ("linear", linalg.Linear(), [gates, rng.standard_normal((4, 3)), rng.standard_normal(4)]),
         ("relu", activation.ReLU(), [u]),
         ("sigmoid", activation.Sigmoid(), [u]),
         ("tanh", activation.Tanh(), [u]),

@@ -172,12 +172,15 @@ def elementwise_kernel(in_params, out_params, operation, name):
 
 
 @functools.cache
-def reduction_kernel(in_params, out_params, map_expr, reduce_expr, post_map_expr, identity, name):
+def reduction_kernel(in_params, out_params, map_expr, reduce_expr, post_map_expr, identity, name,
+                     reduce_type=None, preamble=""):
     """A CuPy ReductionKernel, compiled on first use and cached: a map, then a sum (or other reduction) in one kernel.
 
     ``map_expr`` gives each input element's value (e.g. "x * x"), ``reduce_expr`` combines two of them
-    ("a + b"), ``post_map_expr`` writes the output from the result ``a`` ("y = a"); call it with
-    ``axis=`` the axes to reduce. Inputs broadcast as in NumPy.
+    ("a + b"), ``post_map_expr`` writes the output(s) from the result ``a`` ("y = a"); call it with
+    ``axis=`` the axes to reduce. Inputs broadcast as in NumPy. ``reduce_type`` is the C type of the
+    values combined (default the first output's), for example a struct that ``preamble`` defines.
     """
     _check_gpu()
-    return cupy.ReductionKernel(in_params, out_params, map_expr, reduce_expr, post_map_expr, identity, name)
+    return cupy.ReductionKernel(in_params, out_params, map_expr, reduce_expr, post_map_expr, identity, name,
+                                reduce_type=reduce_type, preamble=preamble)

@@ -126,6 +126,7 @@ class SGD:
         self.nesterov = nesterov
         self.weight_decay = weight_decay
         self.momentum_buffers = [None] * len(self.params)  # one per parameter, made on its first step
+        self.flat = None  # on the GPU: every parameter and buffer end to end (``_flat_state``)
 
     def __repr__(self):
         groups = "" if len(self.param_groups) == 1 else (
@@ -150,13 +151,18 @@ class SGD:
         lr, momentum = float(self.lr), float(self.momentum)
         if lr < 0:
             raise ValueError(f"invalid learning rate {lr}: it must be >= 0")
+        if momentum != 0 and self._step_all_on_gpu(lr, momentum):
+            return
         for index, (p, weight_decay) in enumerate(zip(self.params, self.weight_decays())):
             if p.grad is None:
                 continue
             xp = get_array_module(p.data, p.grad)  # fails clearly when the gradient lives on another device
             g = p.grad.astype(p.data.dtype, copy=False)
-            if xp is not np and momentum != 0:  # the GPU: the four lines below in one kernel per parameter
-                self._step_in_one_kernel(index, p.data, g, lr, momentum, weight_decay)
+            if xp is not np and momentum != 0:  # the GPU: the four lines below in one kernel
+                first = self.momentum_buffers[index] is None
+                if first:
+                    self.momentum_buffers[index] = xp.empty_like(p.data)
+                self._kernel_step(g, weight_decay, lr, momentum, first, p.data, self.momentum_buffers[index])
                 continue
             if weight_decay != 0:
                 g = g + weight_decay * p.data  # a new array: p.grad itself is left as backward() made it
@@ -170,14 +176,12 @@ class SGD:
                 g = g + momentum * buf if self.nesterov else buf
             p.data -= lr * g
 
-    def _step_in_one_kernel(self, index, param, grad, lr, momentum, weight_decay):
-        """``step`` for one parameter on the GPU, as one CuPy kernel: the same math as the NumPy lines
-        (one launch instead of six: SE-ResNet-20 has 95 parameters, so 95 launches a step instead of 570)."""
-        first = self.momentum_buffers[index] is None
-        if first:
-            self.momentum_buffers[index] = get_array_module(param).empty_like(param)
+    def _kernel_step(self, grad, weight_decay, lr, momentum, first, param, buf):
+        """The four lines of ``step`` as one CuPy kernel, updating ``param`` and ``buf`` in place: for one
+        parameter (``weight_decay`` a number), or for all of them laid end to end (``_step_all_on_gpu``,
+        ``weight_decay`` then an array, each value's group's)."""
         kernel = elementwise_kernel(
-            "T grad, T lr, T momentum, T weight_decay, bool nesterov, bool first", "T param, T buf",
+            "T grad, T weight_decay, T lr, T momentum, bool nesterov, bool first", "T param, T buf",
             """
             T g = grad + weight_decay * param;
             buf = first ? g : momentum * buf + g;
@@ -186,7 +190,60 @@ class SGD:
             """,
             "tinyse_sgd_step",
         )
-        kernel(grad, lr, momentum, weight_decay, self.nesterov, first, param, self.momentum_buffers[index])
+        kernel(grad, weight_decay, lr, momentum, self.nesterov, first, param, buf)
+
+    def _step_all_on_gpu(self, lr, momentum):
+        """``step`` on the GPU for every parameter at once, as torch's fused SGD: 2 kernel launches a step
+        (the gradients gathered into one array, then ``_kernel_step`` over all the values) instead of one
+        per parameter (SE-ResNet-20 has 95). The parameters and momentum buffers live end to end in one
+        flat array each (``_flat_state``), each ``p.data`` a view into it. CuPy's ``concatenate`` copies
+        more than 8 arrays in one kernel (after copying a table of their addresses to the device).
+
+        Returns False, having done nothing, unless every parameter is on the GPU with a gradient, all
+        share one dtype, and either all or none have a momentum buffer: ``step`` then goes parameter by
+        parameter.
+        """
+        params = self.params
+        if any(p.grad is None for p in params) or get_array_module(*(p.data for p in params)) is np:
+            return False
+        dtype = params[0].data.dtype
+        made = [buf is not None for buf in self.momentum_buffers]
+        if any(p.data.dtype != dtype for p in params) or any(made) != all(made):
+            return False
+        flat = self._flat_state()
+        xp = get_array_module(flat["params"], *(p.grad for p in params))
+        grads = xp.concatenate([p.grad.astype(dtype, copy=False).ravel() for p in params])
+        self._kernel_step(grads, flat["weight_decay"], lr, momentum, not all(made), flat["params"], flat["buffers"])
+        self.momentum_buffers = list(flat["buffer_views"])  # made by this step if they were not before
+        return True
+
+    def _flat_state(self):
+        """{"params", "buffers", "weight_decay"}: flat device arrays, the parameters' values end to end, their
+        momentum buffers likewise, and each value's weight decay. Made on the first GPU step, and again
+        whenever an array was swapped out since (``Module.to``, ``load_state_dict`` of the model or of this
+        optimiser) or a group's weight decay changed; the parameters' ``.data`` and ``momentum_buffers``
+        then become views into the flat arrays, so that an update of those updates the model."""
+        flat, decays = self.flat, self.weight_decays()
+        if (flat is not None and flat["decays"] == decays
+                and all(p.data is view for p, view in zip(self.params, flat["param_views"]))
+                and all(buf is None or buf is view for buf, view in zip(self.momentum_buffers, flat["buffer_views"]))):
+            return flat
+        xp = get_array_module(self.params[0].data)
+        params = xp.concatenate([p.data.ravel() for p in self.params])
+        buffers = (xp.empty_like(params) if self.momentum_buffers[0] is None
+                   else xp.concatenate([buf.ravel() for buf in self.momentum_buffers]))
+        sizes = [p.data.size for p in self.params]
+        ends = np.cumsum(sizes).tolist()
+        param_views = [params[end - size:end].reshape(p.shape) for p, size, end in zip(self.params, sizes, ends)]
+        buffer_views = [buffers[end - size:end].reshape(p.shape) for p, size, end in zip(self.params, sizes, ends)]
+        for p, view in zip(self.params, param_views):
+            p.data = view
+        if self.momentum_buffers[0] is not None:
+            self.momentum_buffers = list(buffer_views)
+        weight_decay = xp.asarray(np.repeat(np.array(decays, dtype=params.dtype), sizes))  # one copy to the device
+        self.flat = {"params": params, "buffers": buffers, "weight_decay": weight_decay, "decays": decays,
+                     "param_views": param_views, "buffer_views": buffer_views}
+        return self.flat
 
     # --- saving and resuming ---------------------------------------------------------------
     def state_dict(self):

@@ -63,7 +63,7 @@ class BatchNorm2d(Module):
         self.bias = Parameter(np.zeros(num_features, np.float32))
         self.register_buffer("running_mean", np.zeros(num_features, np.float32))
         self.register_buffer("running_var", np.ones(num_features, np.float32))
-        self.register_buffer("num_batches_tracked", np.zeros((), np.int64))
+        self.register_buffer("num_batches_tracked", np.zeros((), np.int64), on_host=True)  # read by no kernel
 
     def forward(self, x):
         self.count_batch()

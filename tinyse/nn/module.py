@@ -58,9 +58,16 @@ class Module:
                 return self.__dict__[registry][name]
         raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
 
-    def register_buffer(self, name, array):
-        """Keep ``array`` as state of this module (saved and moved with it, never trained)."""
+    def register_buffer(self, name, array, on_host=False):
+        """Keep ``array`` as state of this module (saved and moved with it, never trained).
+
+        ``on_host``: the array stays in host memory when ``to()`` moves the rest to the GPU: for state that
+        only the host reads, such as batch norm's batch counter (on the GPU, ``+= 1`` would be a kernel launch
+        per layer and step).
+        """
         self.__dict__.setdefault("_buffer_names", set()).add(name)
+        if on_host:
+            self.__dict__.setdefault("_host_buffer_names", set()).add(name)
         self.__dict__.pop(name, None)  # a plain attribute of that name would shadow the buffer
         self._buffers[name] = array
 
@@ -125,8 +132,9 @@ class Module:
             for p in module._parameters.values():
                 p.data = _convert(p.data, device, dtype)
                 p.grad = None
+            host_only = module.__dict__.get("_host_buffer_names", ())
             for name, b in module._buffers.items():
-                module._buffers[name] = _convert(b, device, dtype)
+                module._buffers[name] = _convert(b, None if name in host_only else device, dtype)
         return self
 
     # --- saving and loading ------------------------------------------------------------------

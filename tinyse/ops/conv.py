@@ -762,9 +762,11 @@ def col2im_batch_folded(cols, x_shape, stride, padding):
 
 
 def conv_forward_gpu(x, weight, stride, padding, groups):
-    """y = W (G, Og, K) @ cols (G, K, N*OH*OW): one GEMM per group for the whole batch, then NCHW.
+    """y = W (G, Og, K) @ cols (G, K, N*OH*OW): one GEMM per group for the whole batch.
 
-    3 kernel launches: im2col, the product, the copy from (O, N, OH, OW) to (N, O, OH, OW).
+    2 kernel launches: im2col, the product. The product is y in (O, N, OH, OW) order; it is returned as
+    the (N, O, OH, OW) view of that memory, not copied into NCHW order: the batch norm after it reads any
+    layout, and hands back dL/dy in the same one, which is the layout the backward's products want.
     """
     xp = get_array_module(x, weight)
     n = x.shape[0]
@@ -772,7 +774,7 @@ def conv_forward_gpu(x, weight, stride, padding, groups):
     cols = im2col_batch_folded(x, kh, kw, stride, padding)  # (C, KH, KW, N, OH, OW)
     oh, ow = cols.shape[4:]
     y = xp.matmul(weight.reshape(groups, o // groups, cg * kh * kw), cols.reshape(groups, cg * kh * kw, -1))
-    return xp.ascontiguousarray(y.reshape(o, n, oh, ow).transpose(1, 0, 2, 3))
+    return y.reshape(o, n, oh, ow).transpose(1, 0, 2, 3)
 
 
 def conv_backward_gpu(x, weight, grad_out, stride, padding, groups, needs_x=True, needs_weight=True):
@@ -781,8 +783,9 @@ def conv_backward_gpu(x, weight, grad_out, stride, padding, groups, needs_x=True
         dL/dW = dL/dy (G, Og, N*OH*OW) @ cols^T (G, N*OH*OW, K)        one GEMM per group
         dL/dx = col2im(W^T (G, K, Og) @ dL/dy (G, Og, N*OH*OW))         one GEMM per group
 
-    5 kernel launches for both: dL/dy to (O, N, OH, OW), im2col again (cols are not kept: at batch
-    128 the first stage's would take 75 MB a layer), the two products, col2im.
+    4 kernel launches for both: im2col again (cols are not kept: at batch 128 the first stage's would
+    take 75 MB a layer), the two products, col2im; and a fifth, dL/dy copied into (O, N, OH, OW) order,
+    unless it is laid out so already (as batch norm's backward hands it over, see ``conv_forward_gpu``).
     """
     xp = get_array_module(x, weight, grad_out)
     o, cg, kh, kw = weight.shape

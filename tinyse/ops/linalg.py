@@ -44,6 +44,8 @@ class Linear(Function):
     Backward: dL/dx = dL/dy W,  dL/dW = dL/dy^T x,  dL/db = sum over N of dL/dy.
     """
 
+    fresh_input_grads = True  # each gradient is a new array (a matrix product or a sum)
+
     def forward(self, x, weight, bias=None):
         if x.ndim != 2 or weight.ndim != 2 or x.shape[1] != weight.shape[1]:
             raise ValueError(f"linear needs x (N, in) and weight (out, in), got x {x.shape}, weight {weight.shape}")

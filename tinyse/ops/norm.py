@@ -28,7 +28,7 @@ class BatchNorm(Function):
     a constant, the forward is y = scale x + (beta - scale mu) with scale = gamma / sqrt(var + eps),
     and x - mu is made only if a backward asks for it.
 
-    On the GPU (CuPy arrays) ``forward_on_gpu`` and ``backward_on_gpu`` compute the same in 4 and 3
+    On the GPU (CuPy arrays) ``forward_on_gpu`` and ``backward_on_gpu`` compute the same in 3 and 2
     kernel launches, keeping x instead of x - mu: see there. The rest of this docstring is the CPU's.
 
     Passes over the activation (N*C*H*W values; R reads it, W writes it), training mode:
@@ -164,19 +164,20 @@ class BatchNorm(Function):
         grad_beta = sum_grad if need[2] else None
         return grad_x, grad_gamma, grad_beta
 
-    # --- on the GPU: the same math in 4 kernel launches forward and 3 backward (cf. 18-20 and 12-14 as NumPy calls)
+    # --- on the GPU: the same math in 3 kernel launches forward and 2 backward (cf. 18-20 and 12-14 as NumPy calls)
     def forward_on_gpu(self, x, gamma, beta):
-        """The forward on CuPy arrays, x (N, C, H*W): mu (a mean), var (a ReductionKernel), the per-channel
-        numbers and the running statistics (one kernel over C, BN_STATISTICS_CUDA), then y = scale x + shift
-        (one kernel, ``scale_shift``). Kept for the backward: x itself (the conv's output, which nothing else
-        keeps), mu and 1 / sqrt(var + eps)."""
+        """The forward on CuPy arrays, x (N, C, H*W): mu and var from the sums of x and x^2, both taken in one
+        pass (a ReductionKernel, in double precision: BN_SUMS_CUDA), the per-channel numbers and the running
+        statistics (one kernel over C, BN_STATISTICS_CUDA), then y = scale x + shift (one kernel,
+        ``scale_shift``). Kept for the backward: x itself (the conv's output, which nothing else keeps),
+        mu and 1 / sqrt(var + eps)."""
         xp = get_array_module(x)
         m = x.shape[0] * x.shape[2]
         if self.training:
-            mu = x.mean(axis=(0, 2))
-            var = reduction_kernel("T x, T mu", "T var", "(x - mu) * (x - mu)", "a + b",
-                                   "var = a / (_in_ind.size() / _out_ind.size())", "0",
-                                   "tinyse_bn_variance")(x, mu[:, None], axis=(0, 2))
+            mu, var = reduction_kernel("T x", "T mean, T var", "tinyse_sums(x, (double)x * x)", "a + b",
+                                       "tinyse_mean_var(a, _in_ind.size() / _out_ind.size(), mean, var)", "0",
+                                       "tinyse_bn_mean_var", reduce_type="tinyse_sums", preamble=BN_SUMS_CUDA)(
+                x, axis=(0, 2))
         else:
             mu, var = self.running_mean, self.running_var
         update = self.training and self.running_mean is not None and self.running_var is not None
@@ -192,34 +193,39 @@ class BatchNorm(Function):
         if not self.training and is_grad_enabled():
             mu = mu.copy()  # the running mean may change before a backward
         self.x, self.mu, self.inv_std, self.scale = x, mu, inv_std, scale
-        y = xp.empty_like(x)
+        y = xp.empty(x.shape, dtype=x.dtype)  # C-ordered, whatever x's layout (the next conv reads it as such)
         self.scale_shift(x, scale, shift, y)
         return y
 
     def backward_on_gpu(self, grad_out, m):
-        """The backward on CuPy arrays, dL/dy (N, C, H*W): dL/dbeta (a sum), dL/dgamma (a ReductionKernel of
-        dL/dy x_hat), then dL/dx in one kernel: scale (dL/dy - (dL/dbeta + x_hat dL/dgamma) / m) in training
-        (BN_GRAD_X_CUDA), scale dL/dy in eval (mu and var constants)."""
+        """The backward on CuPy arrays, dL/dy (N, C, H*W): dL/dbeta and dL/dgamma, the sums of g and g x_hat,
+        in one pass (a ReductionKernel), then dL/dx in one kernel: scale (g - (dL/dbeta + x_hat dL/dgamma) / m)
+        in training (BN_GRAD_X_CUDA), scale g in eval (mu and var constants: the two sums drop out). g is
+        dL/dy, or with the ReLU (``BatchNormReLU``) dL/dy where y > 0, else 0: both kernels apply the mask.
+        dL/dx is laid out in memory as x is, so that the conv before reads its (C, N, H, W) output's
+        gradient without a copy (``conv_backward_gpu``)."""
         if self.x is None:
             raise RuntimeError("batch_norm's backward ran twice: the first one used up its saved x")
+        xp = get_array_module(grad_out)
         need, x, mu, inv_std = self.needs_input_grad, self.x, self.mu[:, None], self.inv_std[:, None]
-        scale = self.scale[:, None]
-        sum_grad = grad_out.sum(axis=(0, 2))
-        sum_grad_xhat = None
-        if need[1] or self.training:
-            sum_grad_xhat = reduction_kernel("T grad, T x, T mu, T inv_std", "T total", "grad * (x - mu) * inv_std",
-                                             "a + b", "total = a", "0", "tinyse_bn_grad_gamma")(
-                grad_out, x, mu, inv_std, axis=(0, 2))
+        relu_out = self.y.reshape(grad_out.shape) if self.relu else 1  # the ReLU's mask is y > 0; 1: no ReLU
+        sum_grad = sum_grad_xhat = None
+        if self.training or need[1] or need[2]:
+            sum_grad, sum_grad_xhat = reduction_kernel(
+                "T grad, T y, T x, T mu, T inv_std", "T sum_grad, T sum_grad_xhat",
+                "tinyse_grad_sums(grad, y, (x - mu) * inv_std)", "a + b",
+                "sum_grad = a.first, sum_grad_xhat = a.second", "0", "tinyse_bn_grad_sums",
+                reduce_type="tinyse_sums", preamble=BN_SUMS_CUDA)(grad_out, relu_out, x, mu, inv_std, axis=(0, 2))
         grad_x = None
-        if need[0] and self.training:
-            grad_x = elementwise_kernel("T grad, T x, T mu, T inv_std, T scale, T sum_grad, T sum_grad_xhat, T m",
-                                        "T grad_x", BN_GRAD_X_CUDA, "tinyse_bn_grad_x")(
-                grad_out, x, mu, inv_std, scale, sum_grad[:, None], sum_grad_xhat[:, None], m)
-        elif need[0]:
-            grad_x = grad_out * scale
+        if need[0]:
+            coupled = (sum_grad[:, None], sum_grad_xhat[:, None]) if self.training else (0.0, 0.0)
+            grad_x = elementwise_kernel(
+                "T grad, T y, T x, T mu, T inv_std, T scale, T sum_grad, T sum_grad_xhat, T m", "T grad_x",
+                BN_GRAD_X_CUDA, "tinyse_bn_grad_x")(
+                grad_out, relu_out, x, mu, inv_std, self.scale[:, None], *coupled, m, xp.empty_like(x))
+            grad_x = grad_x.reshape(self.x_shape)
         if self.training:
             self.x = None  # one backward per forward, as on the CPU
-        grad_x = None if grad_x is None else grad_x.reshape(self.x_shape)
         return grad_x, sum_grad_xhat if need[1] else None, sum_grad if need[2] else None
 
     def take_x_centered(self):
@@ -253,8 +259,31 @@ BN_STATISTICS_CUDA = """
     running_mean = ((T)1 - momentum) * running_mean + momentum * mu;
     running_var = ((T)1 - momentum) * running_var + momentum * var * unbias;
 """
-# dL/dx in training: (g - mean(g) - x_hat mean(g x_hat)) gamma / sqrt(var + eps), with the two means from
-# the sums dL/dbeta and dL/dgamma.
+# dL/dx: (g - mean(g) - x_hat mean(g x_hat)) gamma / sqrt(var + eps) in training, with the two means from
+# the sums dL/dbeta and dL/dgamma (0 in eval); g = dL/dy where the ReLU let it through (y > 0).
 BN_GRAD_X_CUDA = """
-    grad_x = scale * (grad - (sum_grad + (x - mu) * inv_std * sum_grad_xhat) / m);
+    const T g = y > 0 ? grad : (T)0;
+    grad_x = scale * (g - (sum_grad + (x - mu) * inv_std * sum_grad_xhat) / m);
+"""
+# Two sums per channel in one pass over the batch (a ReductionKernel whose values are pairs), in double:
+# sum x and sum x^2 in the forward (mean and variance), sum g and sum g x_hat in the backward.
+BN_SUMS_CUDA = """
+struct tinyse_sums {
+    double first, second;
+    __device__ tinyse_sums(double first = 0, double second = 0) : first(first), second(second) {}
+};
+__device__ tinyse_sums operator+(const tinyse_sums& a, const tinyse_sums& b) {
+    return tinyse_sums(a.first + b.first, a.second + b.second);
+}
+// mean and biased variance of n values from their sum and sum of squares (clamped at 0 against rounding)
+template <typename T> __device__ void tinyse_mean_var(const tinyse_sums& sums, double n, T& mean, T& var) {
+    const double mu = sums.first / n;
+    mean = (T)mu;
+    var = (T)max(sums.second / n - mu * mu, 0.0);
+}
+// g = dL/dy where the ReLU after batch norm let it through (y > 0), and g x_hat
+template <typename T> __device__ tinyse_sums tinyse_grad_sums(T grad, T y, T x_hat) {
+    const double g = y > 0 ? grad : (T)0;
+    return tinyse_sums(g, g * x_hat);
+}
 """

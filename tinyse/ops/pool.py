@@ -47,9 +47,11 @@ class _Pool2d(Function):
         """Add ``grad_of_window(k)``, the gradient of offset k's slice, back onto the input; crop the padding."""
         n, c, h, w = self.x_shape
         p = self.padding
-        grad_x = get_array_module(grad_out).zeros((n, c, h + 2 * p, w + 2 * p), dtype=grad_out.dtype)
+        xp = get_array_module(grad_out)
+        grad_x = xp.zeros((n, c, h + 2 * p, w + 2 * p), dtype=grad_out.dtype)
         for k, index in self.offsets():
-            grad_x[index] += grad_of_window(k)
+            window_grad = grad_x[index]  # a view: the add writes into grad_x (no copy back, as x[i] += v makes)
+            xp.add(window_grad, grad_of_window(k), out=window_grad)
         return grad_x[:, :, p : p + h, p : p + w]
 
 
@@ -90,11 +92,13 @@ class AvgPool2d(_Pool2d):
         x = self.prepare(x, pad_value=0)
         total = None
         for _, index in self.offsets():
-            total = x[index].copy() if total is None else total + x[index]
-        return total / (self.kernel[0] * self.kernel[1])
+            total = x[index] if total is None else total + x[index]  # the first a view; a sum makes a new array
+        size = self.kernel[0] * self.kernel[1]
+        return total.copy() if size == 1 else total / size  # 1x1 (a subsampling): the window itself, copied
 
     def backward(self, grad_out):
-        share = grad_out / (self.kernel[0] * self.kernel[1])
+        size = self.kernel[0] * self.kernel[1]
+        share = grad_out if size == 1 else grad_out / size
         return self.scatter(grad_out, lambda k: share)
 
 

@@ -160,8 +160,8 @@ def reduction_source(name, typedefs, reduce_type, preamble, declarations, per_in
     typedef_lines = "".join(f"typedef {c_type} {placeholder};\n" for placeholder, c_type in typedefs)
     return f"""// ReductionKernel {name!r}, emulated on the CPU by tinyse/testing/emulated_cupy
 {CUDA_SHIM}
-{typedef_lines}typedef {reduce_type} _type_reduce;
-{preamble}
+{typedef_lines}{preamble}
+typedef {reduce_type} _type_reduce;
 #define REDUCE(a, b) ({reduce_expr})
 #define POST_MAP(a) ({post_map_expr})
 

@@ -43,9 +43,11 @@ def empty(shape, dtype=float, order="C"):
 
 
 def empty_like(prototype, dtype=None, order="K", subok=None, shape=None):
-    dtype = prototype.dtype if dtype is None else dtype
-    shape = prototype.shape if shape is None else shape
-    return wrap(np.empty(shape, dtype=check_dtype(dtype)))
+    """order "K" (the default) lays the new array out in memory as ``prototype`` is, as CuPy does: the
+    empty_like of a transposed view is itself transposed in memory."""
+    memory = _memory(prototype, "cupy.empty_like")
+    dtype = prototype.dtype if dtype is None else check_dtype(dtype)
+    return wrap(np.empty_like(memory, dtype=dtype, order=order, shape=shape))
 
 
 def zeros(shape, dtype=float, order="C"):
@@ -268,12 +270,31 @@ def array_split(ary, indices_or_sections, axis=0):
 
 # --- joins and copies (cupy/_manipulation/join.py, tiling.py, cupy/_padding/pad.py) -------------------------------
 def concatenate(tup, axis=0, out=None, *, dtype=None, casting="same_kind"):  # refuse
+    """CuPy's launches (cupy/_core/_routines_manipulation.pyx, ``_concatenate``): more than 8 arrays,
+    all of the output's dtype and under 2 MiB each on average, are copied by one kernel, which reads
+    them through a table of their addresses copied to the device first (and, unless all are
+    C-contiguous and equally long on the axis, tables of their offsets and strides too: 3 copies);
+    otherwise one copy kernel per array."""
     memories = [_memory(a, "cupy.concatenate") for a in tup]
     if out is not None:
         np.concatenate(memories, axis, out=_memory(out, "cupy.concatenate out="), casting=casting)
-        counters.launch("concatenate")
-        return out
-    return _new(np.concatenate(memories, axis, dtype=dtype, casting=casting), "concatenate")
+        result = out
+    else:
+        result = wrap(np.concatenate(memories, axis, dtype=dtype, casting=casting))
+    one_kernel = (len(memories) > 8 and builtins.all(m.dtype == result.dtype for m in memories)
+                  and builtins.sum(m.nbytes for m in memories) < 2 * 1024 * 1024 * len(memories))
+    if not one_kernel:
+        for _ in memories:
+            counters.launch("copy")
+        return result
+    axis_size = result.shape[axis] // len(memories)
+    same_size = builtins.all(m.flags.c_contiguous and m.shape[axis] == axis_size for m in memories)
+    counters.copy_to_device(8 * len(memories))  # the addresses
+    if not same_size:
+        counters.copy_to_device(8 * len(memories))  # where each array starts on the axis
+        counters.copy_to_device(8 * len(memories) * result.ndim)  # its strides
+    counters.launch("cupy_concatenate_same_size" if same_size else "cupy_concatenate")
+    return result
 
 
 def concat(tup, axis=0, out=None, *, dtype=None, casting="same_kind"):
