@@ -274,3 +274,49 @@ def test_a_reduction_kernel_catches_what_cupy_refuses(cp):
         two_inputs(x32, x32, cp.empty(3, dtype=np.float32), axis=1)
     with pytest.raises(cp.cuda.compiler.CompileException, match=r"(?s)ReductionKernel 'typo' does not compile.*yy"):
         cp.ReductionKernel("T x", "T y", "x * yy", "a + b", "y = a", "0", "typo")(x32)
+
+
+@needs_compiler
+def test_a_reduction_kernel_may_reduce_a_struct_from_its_preamble_into_two_outputs(cp):
+    """CuPy defines the preamble before ``typedef reduce_type _type_reduce``, so the values reduced may be a
+    struct the preamble declares, and POST_MAP may write several outputs: a mean and variance in one pass."""
+    x = np.random.default_rng(1).standard_normal((6, 3, 7)) + 5.0
+    preamble = """
+    struct pair { double sum, squares; __device__ pair(double s = 0, double q = 0) : sum(s), squares(q) {} };
+    __device__ pair operator+(const pair& a, const pair& b) { return pair(a.sum + b.sum, a.squares + b.squares); }
+    """
+    moments = cp.ReductionKernel("T x", "T mean, T var", "pair(x, x * x)", "a + b",
+                                 "mean = a.sum / 42, var = a.squares / 42 - (a.sum / 42) * (a.sum / 42)", "0",
+                                 "moments", reduce_type="pair", preamble=preamble)
+    with counting() as counts:
+        mean, var = moments(cp.asarray(x), axis=(0, 2))
+    assert counts["kernel_launches"] == 1
+    np.testing.assert_allclose(mean.get(), x.mean(axis=(0, 2)), rtol=1e-12)
+    np.testing.assert_allclose(var.get(), x.var(axis=(0, 2)), rtol=1e-9)
+
+
+# --- launches and layouts of CuPy's routines --------------------------------------------------------------------
+def test_concatenate_copies_more_than_8_arrays_in_one_kernel_after_copying_their_addresses(cp):
+    """CuPy's _concatenate: more than 8 small arrays of one dtype, one kernel (reading a table of their
+    addresses, plus tables of offsets and strides unless all are alike); otherwise a copy per array."""
+    alike = [on_device(cp, np.full(3, k)) for k in range(9)]
+    unlike = [on_device(cp, np.arange(k + 1)) for k in range(9)]
+    with counting() as same_size:
+        joined = cp.concatenate(alike)
+    with counting() as sizes_differ:
+        cp.concatenate(unlike)
+    with counting() as few:
+        cp.concatenate(alike[:8])
+    assert (same_size["kernel_launches"], same_size["host_to_device"]) == (1, 1)
+    assert (sizes_differ["kernel_launches"], sizes_differ["host_to_device"]) == (1, 3)
+    assert (few["kernel_launches"], few["host_to_device"]) == (8, 0)
+    assert same_size["host_syncs"] == sizes_differ["host_syncs"] == 0
+    np.testing.assert_array_equal(joined.get(), np.repeat(np.arange(9.0), 3))
+
+
+def test_empty_like_keeps_the_memory_layout_of_a_transposed_array(cp):
+    """order="K", CuPy's default: the new array is laid out as its prototype is."""
+    transposed = cp.empty((4, 2, 3)).transpose(1, 0, 2)  # shape (2, 4, 3), memory in (4, 2, 3) order
+    like = cp.empty_like(transposed)
+    assert like.shape == (2, 4, 3) and like.strides == transposed.strides
+    assert not like.flags.c_contiguous and cp.empty_like(transposed, order="C").flags.c_contiguous

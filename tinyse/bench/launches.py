@@ -19,7 +19,7 @@ batch 2 and batch 4 to the same counts). Each launch is put in one part:
     autograd                      Tensor.backward outside the ops' backward: the sums of the gradients of
                                   a tensor used twice, the casts, the copy into each leaf's .grad
     optimizer step                the optimizer's step()
-    other                         the rest: module code outside the ops (batch norm's num_batches_tracked += 1)
+    other                         the rest: module code outside the ops
 """
 import argparse
 import collections
