@@ -104,7 +104,8 @@ class SGD:
 
     ``p.data`` and the momentum buffers are updated in place and keep their
     dtype and device. (On the GPU the first step moves each ``p.data`` into one flat array of all the
-    parameters, as a view with the same values, so that one kernel updates them all: ``_step_all_on_gpu``.) ``self.params`` lists every parameter, group after group; a momentum buffer
+    parameters, as a view with the same values, so that one kernel updates them all: ``_step_all_on_gpu``.)
+    ``self.params`` lists every parameter, group after group; a momentum buffer
     is known by its parameter's position in that list.
     """
 
