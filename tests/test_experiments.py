@@ -285,6 +285,21 @@ def test_the_recipe_study_switches_each_ingredient_off_alone():
                        "decay-norm-and-bias": {"decay_norm_and_bias": True}, "no-ema": {"ema": 0.0}}
 
 
+def test_the_tuning_study_moves_one_setting_at_a_time_over_the_recipes_schedule():
+    variants = experiments.tune_variants("se_resnet20")
+    budget = experiments.STUDIES["tune"]["budget"]
+    fast = experiments.run_config("out", variants[0], 0, budget)
+    assert (fast["recipe"], fast["epochs"], fast["train_subset"], fast["val_split"]) == ("fast", 15, 15000, 5000)
+    assert experiments.STUDIES["tune"]["metric"] == "val_acc"
+    changed = {}
+    for v in variants[1:]:
+        config = experiments.run_config("out", v, 0, budget)
+        changed[v["label"]] = {k: config[k] for k in fast if config[k] != fast[k] and k != "out"}
+    assert changed == {"lr=0.1": {"lr": 0.1}, "lr=0.4": {"lr": 0.4}, "batch=64": {"batch_size": 64, "lr": 0.1},
+                       "weight-decay=1e-3": {"weight_decay": 1e-3}}
+    assert [v["folder"] for v in variants] == ["fast", "lr-0.1", "lr-0.4", "batch-64", "weight-decay-1e-3"]
+
+
 def test_the_recipe_study_runs_records_and_compares_on_validation(fake_cifar10, capsys):
     study(fake_cifar10, "recipe", "--seeds", "0", "--val-split", "20")
     out = fake_cifar10 / "runs" / "recipe"

@@ -15,6 +15,7 @@ The studies of the fast recipe (``python -m tinyse.train --recipe fast``), kept 
     python -m tinyse.experiments se-vs-plain --seeds 0 1 2 # ResNet-20 vs SE-ResNet-20, fast recipe, 15 epochs
     python -m tinyse.experiments torch-check --seeds 0 1   # the same recipe in tinyse and in PyTorch: accuracy, time
     python -m tinyse.experiments se-vs-plain --jobs 2      # two runs at a time, one thread each
+    python -m tinyse.experiments tune --seeds 0 1          # the recipe's settings moved one at a time (90% hunt)
 
 A study's folder is docs/runs/STUDY (run from the repository's root). Each finished run leaves
 there, beside tinyse.train's files, summary.json (its final numbers, time, threads, machine and
@@ -23,7 +24,9 @@ reads it); those two, config.json and metrics.jsonl are what git keeps (.gitigno
 checkpoints and curves). A run whose metrics reach its epochs is done, so on a fresh clone the
 committed runs are skipped and still summarized, and a study grows run by run, machine by machine.
 ``recipe`` runs on a validation split (5,000 images held out) for 5 epochs and compares the
-ingredients on the validation accuracy; the others train on all 50,000 images for the recipe's 15
+ingredients on the validation accuracy; ``tune`` moves one setting at a time (peak lr, batch, weight
+decay) over the recipe's whole schedule of 15 epochs, on 15,000 images with 5,000 others held out,
+and compares on the validation accuracy too; the others train on all 50,000 images for the recipe's 15
 epochs and report the test accuracy. The statistics: mean ± sample std over seeds, and each variant
 minus the baseline (the full recipe, the plain model, tinyse) paired by seed, with its 95% t-interval.
 
@@ -110,6 +113,9 @@ STUDIES = {
                "metric": "val_acc", "seeds": (0, 1), "model": "se_resnet20"},
     "se-vs-plain": {"budget": {"recipe": "fast"}, "metric": "test_acc", "seeds": (0, 1, 2), "model": "resnet20"},
     "torch-check": {"budget": {"recipe": "fast"}, "metric": "test_acc", "seeds": (0, 1), "model": "se_resnet20"},
+    # The recipe's 15-epoch schedule on a 15,000-image subset: the same shape of training at a third of the steps.
+    "tune": {"budget": {"recipe": "fast", "train_subset": 15000, "val_split": 5000, "test_subset": 2000},
+             "metric": "val_acc", "seeds": (0, 1), "model": "se_resnet20"},
 }
 STUDY_FLAGS = ("epochs", "train_subset", "test_subset", "val_split", "batch_size", "lr", "eval_every")
 # The ingredient study: the fast recipe, then each ingredient switched off in turn (label, tinyse.train flags).
@@ -119,6 +125,13 @@ INGREDIENTS_OFF = [
     ("no-label-smoothing", ["--label-smoothing", "0"]),
     ("decay-norm-and-bias", ["--decay-norm-and-bias"]),  # weight decay on every parameter
     ("no-ema", ["--ema", "0"]),
+]
+# The tuning study: the fast recipe, then one setting moved at a time (label, tinyse.train flags).
+SETTINGS_MOVED = [
+    ("lr=0.1", ["--lr", "0.1"]),
+    ("lr=0.4", ["--lr", "0.4"]),
+    ("batch=64", ["--batch-size", "64", "--lr", "0.1"]),  # twice the steps, the lr scaled with the batch
+    ("weight-decay=1e-3", ["--weight-decay", "1e-3"]),
 ]
 
 
@@ -142,6 +155,11 @@ def variant(label, model, *train_args, library="tinyse"):
 def recipe_variants(model):
     """The fast recipe, and one variant per ingredient switched off (INGREDIENTS_OFF)."""
     return [variant("fast", model)] + [variant(label, model, *args) for label, args in INGREDIENTS_OFF]
+
+
+def tune_variants(model):
+    """The fast recipe, and one variant per setting moved (SETTINGS_MOVED)."""
+    return [variant("fast", model)] + [variant(label, model, *args) for label, args in SETTINGS_MOVED]
 
 
 def library_variants(model):
@@ -655,6 +673,7 @@ def recipe_line(recipe):
 TITLES = {
     "compare": "{model} against se_{model}",
     "recipe": "The fast recipe on {model}: each ingredient switched off in turn",
+    "tune": "The fast recipe on {model}: one setting moved at a time",
     "se-vs-plain": "{model} against se_{model}, fast recipe",
     "torch-check": "{model}, the same recipe in tinyse and in PyTorch",
 }
@@ -671,6 +690,9 @@ def results_markdown(results):
         lines += [recipe_line(runs[0]["recipe"]), ""]
     if results["name"] == "recipe":
         lines += ["Each variant but `fast` switches off the one ingredient its label names.", ""]
+    if results["name"] == "tune":
+        lines += ["Each variant but `fast` moves the one setting its label names (batch=64 with lr 0.1: the peak "
+                  "lr scaled with the batch).", ""]
     split = "validation" if metric == "val_acc" else "test"
     extras = [(name, header) for name, header in
               (("test_accuracy", "test acc %"), ("flip_tta", "flip TTA test %"), ("raw", "raw weights test %"))
@@ -776,6 +798,7 @@ def parse_args(argv=None):
 
 STUDY_HELP = {
     "recipe": "the fast recipe and each ingredient switched off in turn (5 epochs, validation split)",
+    "tune": "the fast recipe with its peak lr, batch or weight decay moved (15 epochs on 15,000 images, validation)",
     "se-vs-plain": "ResNet-20 against SE-ResNet-20 with the fast recipe, paired by seed",
     "torch-check": "the fast recipe trained by tinyse and by PyTorch: accuracy and time",
 }
@@ -793,7 +816,7 @@ def run_study(args):
         if args.model not in models.list():
             raise ValueError(f"unknown model {args.model!r}; known models: {', '.join(models.list())}")
         model = args.model
-        variants = recipe_variants(model) if args.command == "recipe" else library_variants(model)
+        variants = {"recipe": recipe_variants, "tune": tune_variants}.get(args.command, library_variants)(model)
         baseline = variants[0]["label"]
     return out, run_experiment(args.command, model, variants, args.seeds, out, recipe, args.device, args.data_dir,
                                args.progress, jobs=args.jobs, base={}, baseline=baseline, metric=study["metric"])
