@@ -108,10 +108,9 @@ class CrossEntropy(Function):
 # values combine by rescaling the one with the smaller max (the "online softmax" of Milakov and
 # Gimelshein 2018), so no exp ever sees a positive argument.
 LOGSUMEXP_CUDA = """
-struct tinyse_lse {
+struct tinyse_lse {  // sum = 0: nothing seen yet (max is then unused)
     double max, sum, total;
-    __device__ tinyse_lse(double max = -INFINITY, double sum = 0, double total = 0)
-        : max(max), sum(sum), total(total) {}
+    __device__ tinyse_lse(double max = 0, double sum = 0, double total = 0) : max(max), sum(sum), total(total) {}
 };
 __device__ tinyse_lse tinyse_lse_of(double x) { return tinyse_lse(x, 1, x); }
 __device__ tinyse_lse tinyse_lse_add(const tinyse_lse& a, const tinyse_lse& b) {
