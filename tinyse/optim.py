@@ -236,12 +236,13 @@ class SGD:
                    else xp.concatenate([buf.ravel() for buf in self.momentum_buffers]))
         sizes = [p.data.size for p in self.params]
         ends = np.cumsum(sizes).tolist()
-        param_views = [params[end - size:end].reshape(p.shape) for p, size, end in zip(self.params, sizes, ends)]
-        buffer_views = [buffers[end - size:end].reshape(p.shape) for p, size, end in zip(self.params, sizes, ends)]
+
+        def pieces(flat):  # flat's stretch of each parameter, shaped as that parameter
+            return [flat[end - size:end].reshape(p.shape) for p, size, end in zip(self.params, sizes, ends)]
+
+        param_views, buffer_views = pieces(params), pieces(buffers)  # the caller hands on the buffer views
         for p, view in zip(self.params, param_views):
             p.data = view
-        if self.momentum_buffers[0] is not None:
-            self.momentum_buffers = list(buffer_views)
         weight_decay = xp.asarray(np.repeat(np.array(decays, dtype=params.dtype), sizes))  # one copy to the device
         self.flat = {"params": params, "buffers": buffers, "weight_decay": weight_decay, "decays": decays,
                      "param_views": param_views, "buffer_views": buffer_views}
