@@ -300,6 +300,36 @@ def test_the_tuning_study_moves_one_setting_at_a_time_over_the_recipes_schedule(
     assert [v["folder"] for v in variants] == ["fast", "lr-0.1", "lr-0.4", "batch-64", "weight-decay-1e-3"]
 
 
+RUNS = Path(__file__).resolve().parents[1] / "docs" / "runs"
+
+
+@pytest.mark.parametrize("name", sorted(experiments.STUDIES))
+def test_every_committed_run_matches_its_studys_budget_as_the_code_stands(name):
+    """A committed run is skipped on a fresh clone only if its config is what the study would train now: a recipe
+    that moves on (the fast recipe's peak lr 0.2 -> 0.4) must leave each study's own budget pinned."""
+    folder = RUNS / name
+    configs = sorted(folder.glob("*/seed*/config.json"))
+    if not configs:
+        pytest.skip(f"no committed runs of {name}")
+    model = experiments.STUDIES[name]["model"]
+    if (folder / "experiment.json").exists():
+        model = json.loads((folder / "experiment.json").read_text())["model"]
+    model, variants, _ = experiments.study_variants(name, model)
+    by_folder = {v["folder"]: v for v in variants}
+    for path in configs:
+        v = by_folder[path.parent.parent.name]
+        wanted = experiments.run_config(str(folder), v, int(path.parent.name.removeprefix("seed")),
+                                        experiments.STUDIES[name]["budget"])
+        assert experiments.differences(json.loads(path.read_text()), wanted) == {}, path
+
+
+def test_the_fast_recipe_now_peaks_at_lr_0_4_and_the_earlier_studies_keep_0_2():
+    assert train_module.RECIPES["fast"]["lr"] == 0.4
+    first = [name for name in experiments.STUDIES if name != "fast"]
+    assert {experiments.STUDIES[name]["budget"]["lr"] for name in first} == {0.2}
+    assert "lr" not in experiments.STUDIES["fast"]["budget"]
+
+
 def test_the_recipe_study_runs_records_and_compares_on_validation(fake_cifar10, capsys):
     study(fake_cifar10, "recipe", "--seeds", "0", "--val-split", "20")
     out = fake_cifar10 / "runs" / "recipe"

@@ -12,10 +12,11 @@
 The studies of the fast recipe (``python -m tinyse.train --recipe fast``), kept in the repository:
 
     python -m tinyse.experiments recipe --seeds 0 1        # the recipe, and each ingredient switched off in turn
-    python -m tinyse.experiments se-vs-plain --seeds 0 1 2 # ResNet-20 vs SE-ResNet-20, fast recipe, 15 epochs
+    python -m tinyse.experiments fast --seeds 0 1 2        # ResNet-20 vs SE-ResNet-20, fast recipe, 15 epochs
+    python -m tinyse.experiments se-vs-plain --seeds 0 1 2 # the same at the recipe's first peak lr, 0.2
     python -m tinyse.experiments torch-check --seeds 0 1   # the same recipe in tinyse and in PyTorch: accuracy, time
-    python -m tinyse.experiments se-vs-plain --jobs 2      # two runs at a time, one thread each
-    python -m tinyse.experiments tune --seeds 0 1          # the recipe's settings moved one at a time (90% hunt)
+    python -m tinyse.experiments fast --jobs 2             # two runs at a time, one thread each
+    python -m tinyse.experiments tune --seeds 0 1          # the first recipe's settings moved one at a time
 
 A study's folder is docs/runs/STUDY (run from the repository's root). Each finished run leaves
 there, beside tinyse.train's files, summary.json (its final numbers, time, threads, machine and
@@ -106,17 +107,22 @@ NOT_RECIPE = ("out", "seed", "device", "data_dir", "progress", "prefetch", "resu
 
 # The studies of the fast recipe: their default budget (tinyse.train flags; the rest is the recipe's), the
 # number the statistics compare (the ingredient study chooses on the validation split), their default seeds.
+# A study keeps the settings its runs were trained with: where the recipe moved on after it (the EMA dropped,
+# the peak lr 0.2 -> 0.4 on the tune study), its budget pins the old value, so its committed runs stay valid.
+FIRST_FAST = {"recipe": "fast", "lr": 0.2}
 STUDIES = {
-    # The ingredient study ran when the fast recipe still kept an EMA (decay 0.999); it switched it off in
-    # its "no-ema" arm, and the recipe dropped it on that result. Its budget keeps the EMA so its runs stay valid.
-    "recipe": {"budget": {"recipe": "fast", "epochs": 5, "val_split": 5000, "eval_every": 5, "ema": 0.999},
+    "recipe": {"budget": dict(FIRST_FAST, epochs=5, train_subset=15000, val_split=5000, test_subset=2000,
+                              eval_every=5, ema=0.999),
                "metric": "val_acc", "seeds": (0, 1), "model": "se_resnet20"},
-    "se-vs-plain": {"budget": {"recipe": "fast"}, "metric": "test_acc", "seeds": (0, 1, 2), "model": "resnet20"},
-    "torch-check": {"budget": {"recipe": "fast"}, "metric": "test_acc", "seeds": (0, 1), "model": "se_resnet20"},
+    "se-vs-plain": {"budget": FIRST_FAST, "metric": "test_acc", "seeds": (0, 1, 2), "model": "resnet20"},
+    "torch-check": {"budget": FIRST_FAST, "metric": "test_acc", "seeds": (0, 1), "model": "se_resnet20"},
     # The recipe's 15-epoch schedule on a 15,000-image subset: the same shape of training at a third of the steps.
-    "tune": {"budget": {"recipe": "fast", "train_subset": 15000, "val_split": 5000, "test_subset": 2000},
+    "tune": {"budget": dict(FIRST_FAST, train_subset=15000, val_split=5000, test_subset=2000),
              "metric": "val_acc", "seeds": (0, 1), "model": "se_resnet20"},
+    # The recipe as it stands: ResNet-20 and SE-ResNet-20 on all 50,000 images, paired by seed.
+    "fast": {"budget": {"recipe": "fast"}, "metric": "test_acc", "seeds": (0, 1, 2), "model": "resnet20"},
 }
+COMPARE_STUDIES = ("se-vs-plain", "fast")  # the studies that train NAME and se_NAME
 STUDY_FLAGS = ("epochs", "train_subset", "test_subset", "val_split", "batch_size", "lr", "eval_every")
 # The ingredient study: the fast recipe, then each ingredient switched off in turn (label, tinyse.train flags).
 INGREDIENTS_OFF = [
@@ -674,7 +680,8 @@ TITLES = {
     "compare": "{model} against se_{model}",
     "recipe": "The fast recipe on {model}: each ingredient switched off in turn",
     "tune": "The fast recipe on {model}: one setting moved at a time",
-    "se-vs-plain": "{model} against se_{model}, fast recipe",
+    "se-vs-plain": "{model} against se_{model}, the fast recipe at its first peak lr",
+    "fast": "{model} against se_{model}, the fast recipe",
     "torch-check": "{model}, the same recipe in tinyse and in PyTorch",
 }
 METRIC_NAMES = {"test_acc": "test acc %", "val_acc": "val acc %"}
@@ -692,7 +699,7 @@ def results_markdown(results):
         lines += ["Each variant but `fast` switches off the one ingredient its label names.", ""]
     if results["name"] == "tune":
         lines += ["Each variant but `fast` moves the one setting its label names (batch=64 with lr 0.1: the peak "
-                  "lr scaled with the batch).", ""]
+                  "lr scaled with the batch). `fast` is the recipe as it was then, at peak lr 0.2.", ""]
     split = "validation" if metric == "val_acc" else "test"
     extras = [(name, header) for name, header in
               (("test_accuracy", "test acc %"), ("flip_tta", "flip TTA test %"), ("raw", "raw weights test %"))
@@ -774,16 +781,16 @@ def parse_args(argv=None):
         sub = commands.add_parser(study, help=STUDY_HELP[study])
         add = sub.add_argument
         add("--model", default=settings["model"],
-            help=f"{'the model family' if study == 'se-vs-plain' else 'the model'} (default {settings['model']})")
+            help=f"{'the model family' if study in COMPARE_STUDIES else 'the model'} (default {settings['model']})")
         add("--seeds", type=int, nargs="+", default=list(settings["seeds"]),
             help=f"default {' '.join(map(str, settings['seeds']))}")
         budget = settings["budget"]
         add("--epochs", type=int, help=f"default {budget.get('epochs', 'the recipe’s: 15')}")
-        add("--train-subset", type=int, help="train on N images only (default all)")
-        add("--test-subset", type=int, help="the first N test images (default all)")
+        add("--train-subset", type=int, help=f"train on N images only (default {budget.get('train_subset', 'all')})")
+        add("--test-subset", type=int, help=f"the first N test images (default {budget.get('test_subset', 'all')})")
         add("--val-split", type=int, help=f"training images held out (default {budget.get('val_split', 0)})")
         add("--batch-size", type=int, help="default the recipe's (128); scale --lr with it")
-        add("--lr", type=float, help="the peak lr (default the recipe's, 0.2)")
+        add("--lr", type=float, help=f"the peak lr (default {budget.get('lr', 'the recipe’s: 0.4')})")
         add("--eval-every", type=int, help=f"default {budget.get('eval_every', 'the recipe’s: 5')}")
         add("--out", help=f"study folder (default docs/runs/{study})")
         add("--data-dir", help="where CIFAR is (default: $TINYSE_DATA, else ~/.cache/tinyse/data)")
@@ -799,9 +806,21 @@ def parse_args(argv=None):
 STUDY_HELP = {
     "recipe": "the fast recipe and each ingredient switched off in turn (5 epochs, validation split)",
     "tune": "the fast recipe with its peak lr, batch or weight decay moved (15 epochs on 15,000 images, validation)",
-    "se-vs-plain": "ResNet-20 against SE-ResNet-20 with the fast recipe, paired by seed",
+    "se-vs-plain": "ResNet-20 against SE-ResNet-20 with the fast recipe at its first peak lr (0.2), paired by seed",
+    "fast": "ResNet-20 against SE-ResNet-20 with the fast recipe as it stands (peak lr 0.4), paired by seed",
     "torch-check": "the fast recipe trained by tinyse and by PyTorch: accuracy and time",
 }
+
+
+def study_variants(study, model):
+    """(model, variants, baseline) of a study (one of STUDIES) on ``model``."""
+    if study in COMPARE_STUDIES:
+        plain = plain_and_se(model)[0]
+        return plain, compare_variants(model), plain
+    if model not in models.list():
+        raise ValueError(f"unknown model {model!r}; known models: {', '.join(models.list())}")
+    variants = {"recipe": recipe_variants, "tune": tune_variants}.get(study, library_variants)(model)
+    return model, variants, variants[0]["label"]
 
 
 def run_study(args):
@@ -809,15 +828,7 @@ def run_study(args):
     study = STUDIES[args.command]
     recipe = dict(study["budget"], **{k: getattr(args, k) for k in STUDY_FLAGS if getattr(args, k) is not None})
     out = args.out or os.path.join("docs", "runs", args.command)
-    if args.command == "se-vs-plain":
-        model, variants = plain_and_se(args.model)[0], compare_variants(args.model)
-        baseline = model
-    else:
-        if args.model not in models.list():
-            raise ValueError(f"unknown model {args.model!r}; known models: {', '.join(models.list())}")
-        model = args.model
-        variants = {"recipe": recipe_variants, "tune": tune_variants}.get(args.command, library_variants)(model)
-        baseline = variants[0]["label"]
+    model, variants, baseline = study_variants(args.command, args.model)
     return out, run_experiment(args.command, model, variants, args.seeds, out, recipe, args.device, args.data_dir,
                                args.progress, jobs=args.jobs, base={}, baseline=baseline, metric=study["metric"])
 

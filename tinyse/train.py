@@ -12,7 +12,7 @@ Two recipes (``--recipe``), each a set of defaults that every flag still overrid
     ingredient                  he (default)            fast                       flag
     epochs                      164                     15                         --epochs
     batch                       128                     128                        --batch-size
-    learning rate               0.1                     0.2 (the peak)             --lr
+    learning rate               0.1                     0.4 (the peak)             --lr
     schedule                    step: /10 at 50%, 75%   onecycle: 20% up, linear   --schedule, --warmup-epochs,
                                                         to 0 (Smith & Topin 2019)  --div-factor
     momentum                    0.9                     0.9, Nesterov              --momentum, --[no-]nesterov
@@ -78,7 +78,7 @@ RECIPES = {
     "he": {"epochs": 164, "batch_size": 128, "lr": 0.1, "schedule": "step", "momentum": 0.9, "nesterov": False,
            "weight_decay": 1e-4, "decay_norm_and_bias": True, "label_smoothing": 0.0, "ema": 0.0, "tta": "none",
            "val_split": 5000, "eval_every": 1},
-    "fast": {"epochs": 15, "batch_size": 128, "lr": 0.2, "schedule": "onecycle", "momentum": 0.9, "nesterov": True,
+    "fast": {"epochs": 15, "batch_size": 128, "lr": 0.4, "schedule": "onecycle", "momentum": 0.9, "nesterov": True,
              "weight_decay": 5e-4, "decay_norm_and_bias": False, "label_smoothing": 0.1, "ema": 0.0, "tta": "flip",
              "val_split": 0, "eval_every": 5},
 }
@@ -100,7 +100,7 @@ def parse_args(argv=None, prog="python -m tinyse.train"):
     add("--dataset", default="cifar10", choices=("cifar10", "cifar100"))
     add("--epochs", type=int, help="he 164 (He et al.'s 64k iterations at batch 128), fast 15")
     add("--batch-size", type=int, help="128; at another batch scale --lr with it (lr * B / 128)")
-    add("--lr", type=float, help="the learning rate (onecycle: its peak): he 0.1, fast 0.2")
+    add("--lr", type=float, help="the learning rate (onecycle: its peak): he 0.1, fast 0.4")
     add("--schedule", choices=SCHEDULES, help="he step, fast onecycle")
     add("--milestones", type=int, nargs="*",
         help="epochs where the step schedule divides the lr by 10 (default 50%% and 75%%)")
