@@ -696,6 +696,14 @@ TITLES = {
     "fast": "{model} against se_{model}, the fast recipe",
     "torch-check": "{model}, the same recipe in tinyse and in PyTorch",
 }
+# How to read a study's variant labels, under its recipe line.
+VARIANTS_READ = {
+    "recipe": "Each variant but `fast` switches off the one ingredient its label names.",
+    "tune": "Each variant but `fast` moves the one setting its label names (batch=64 with lr 0.1: the peak lr scaled "
+            "with the batch). `fast` is the recipe as it was then, at peak lr 0.2.",
+    "peak-lr": "`fast` is the recipe at its first peak lr, 0.2; `lr=0.4` at the peak the tune study chose on 15,000 "
+               "images. Here both train on 45,000 images and are compared on the 5,000 held out.",
+}
 METRIC_NAMES = {"test_acc": "test acc %", "val_acc": "val acc %"}
 
 
@@ -707,14 +715,8 @@ def results_markdown(results):
     lines = [f"# {title}", ""]
     if runs:
         lines += [recipe_line(runs[0]["recipe"]), ""]
-    if results["name"] == "recipe":
-        lines += ["Each variant but `fast` switches off the one ingredient its label names.", ""]
-    if results["name"] == "tune":
-        lines += ["Each variant but `fast` moves the one setting its label names (batch=64 with lr 0.1: the peak "
-                  "lr scaled with the batch). `fast` is the recipe as it was then, at peak lr 0.2.", ""]
-    if results["name"] == "peak-lr":
-        lines += ["`fast` is the recipe at its first peak lr, 0.2; `lr=0.4` at the peak the tune study chose on "
-                  "15,000 images. Here both train on 45,000 images and are compared on the 5,000 held out.", ""]
+    if results["name"] in VARIANTS_READ:
+        lines += [VARIANTS_READ[results["name"]], ""]
     split = "validation" if metric == "val_acc" else "test"
     extras = [(name, header) for name, header in
               (("test_accuracy", "test acc %"), ("flip_tta", "flip TTA test %"), ("raw", "raw weights test %"))
