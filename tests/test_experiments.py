@@ -300,14 +300,16 @@ def test_the_tuning_study_moves_one_setting_at_a_time_over_the_recipes_schedule(
     assert [v["folder"] for v in variants] == ["fast", "lr-0.1", "lr-0.4", "batch-64", "weight-decay-1e-3"]
 
 
-def test_the_peak_lr_study_moves_only_the_lr_over_the_whole_training_set_less_a_validation_split():
-    model, variants, baseline = experiments.study_variants("peak-lr", "se_resnet20")
-    budget = experiments.STUDIES["peak-lr"]["budget"]
-    first, second = (experiments.run_config("out", v, 0, budget) for v in variants)
-    assert (model, baseline, experiments.STUDIES["peak-lr"]["metric"]) == ("se_resnet20", "fast", "val_acc")
+def test_the_full_budget_study_moves_one_setting_over_the_whole_training_set_less_a_validation_split():
+    model, variants, baseline = experiments.study_variants("full-budget", "se_resnet20")
+    budget = experiments.STUDIES["full-budget"]["budget"]
+    first, *others = (experiments.run_config("out", v, 0, budget) for v in variants)
+    assert (model, baseline, experiments.STUDIES["full-budget"]["metric"]) == ("se_resnet20", "fast", "val_acc")
     assert (first["recipe"], first["epochs"], first["train_subset"], first["val_split"]) == ("fast", 15, None, 5000)
-    assert (first["lr"], second["lr"]) == (0.2, 0.4)
-    assert {k for k in first if first[k] != second[k]} == {"lr", "out"}
+    assert (first["lr"], first["batch_size"]) == (0.2, 128)
+    changed = {v["label"]: {k: c[k] for k in first if c[k] != first[k] and k != "out"}
+               for v, c in zip(variants[1:], others)}
+    assert changed == {"lr=0.4": {"lr": 0.4}, "batch=64": {"batch_size": 64}}
 
 
 RUNS = Path(__file__).resolve().parents[1] / "docs" / "runs"
