@@ -309,7 +309,8 @@ def test_the_full_budget_study_moves_one_setting_over_the_whole_training_set_les
     assert (first["lr"], first["batch_size"]) == (0.2, 128)
     changed = {v["label"]: {k: c[k] for k in first if c[k] != first[k] and k != "out"}
                for v, c in zip(variants[1:], others)}
-    assert changed == {"lr=0.4": {"lr": 0.4}, "batch=64": {"batch_size": 64}}
+    assert changed == {"lr=0.4": {"lr": 0.4}, "batch=64": {"batch_size": 64},
+                       "zero-init": {"zero_init_residual": True}}
 
 
 RUNS = Path(__file__).resolve().parents[1] / "docs" / "runs"

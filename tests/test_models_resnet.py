@@ -17,7 +17,14 @@ import torch
 import tinyse.functional as F
 from tinyse import models
 from tinyse.models import se_options
-from tinyse.models.resnet import BasicBlock, Bottleneck, resnet_basic, resnet_bottleneck
+from tinyse.models.resnet import (
+    BasicBlock,
+    Bottleneck,
+    ResidualUnit,
+    resnet_basic,
+    resnet_bottleneck,
+    zero_init_residuals,
+)
 from tinyse.nn import BatchNorm2d, Conv2d, SEBlock, manual_seed
 from tinyse.tensor import Tensor
 from tinyse.testing.twins import (
@@ -324,6 +331,28 @@ def test_batchnorms_start_at_weight_1_bias_0(name):
     for bn in bns:
         assert np.all(bn.weight.data == 1) and np.all(bn.bias.data == 0)
         assert np.all(bn.running_mean == 0) and np.all(bn.running_var == 1) and int(bn.num_batches_tracked) == 0
+
+
+@pytest.mark.parametrize("model", [lambda: models.create("resnet20", seed=0),
+                                   lambda: models.create("se_resnet20", seed=0),
+                                   lambda: resnet_bottleneck(11, se=True)],
+                         ids=["resnet20", "se_resnet20", "se_bottleneck"])
+def test_zero_init_residuals_starts_every_unit_as_relu_of_its_shortcut(model):
+    """With the last batch norm of each branch at weight 0, each unit's output is relu(shortcut(x)) exactly
+    (the SE block scales a zero branch to zero), in training and in evaluation; nothing else is touched."""
+    net = model()
+    units = [m for m in net.modules() if isinstance(m, ResidualUnit)]
+    before = {k: v.copy() for k, v in net.state_dict().items()}
+    assert zero_init_residuals(net) == len(units) > 0
+    last = {id(unit.last_norm().weight) for unit in units}
+    for name, param in net.named_parameters():
+        expected = 0 if id(param) in last else before[name]
+        assert np.array_equal(param.data, np.broadcast_to(expected, param.data.shape)), name
+    x = Tensor(np.random.default_rng(0).standard_normal((4, units[0].conv1.weight.shape[1], 8, 8)))
+    for training in (True, False):
+        net.train(training)
+        out = units[0](x).data
+        assert np.array_equal(out, np.maximum(units[0].shortcut(x).data, 0))
 
 
 @pytest.mark.parametrize("name", ["se_resnet20", "se_resnext29_4x8d"])

@@ -65,6 +65,7 @@ def test_fast_sets_every_ingredient():
     (["--val-split", "5000"], "val_split", 5000),
     (["--schedule", "cosine"], "warmup_epochs", 0.0),  # other schedules: no warm-up unless asked
     (["--lr", "0.8", "--batch-size", "256"], "lr", 0.8),  # the lr is taken as given, not scaled
+    (["--zero-init-residual"], "zero_init_residual", True),
 ])
 def test_each_ingredient_is_overridden_by_its_own_flag_alone(flags, key, value):
     fast = config_from_args(parse_args(["--recipe", "fast"]))
@@ -100,6 +101,19 @@ def test_the_recipe_is_printed_at_the_start_of_a_run(fake_cifar10, capsys):
         assert text in printed, text
     saved = json.loads((fake_cifar10 / "run" / "config.json").read_text())
     assert saved["recipe"] == "fast" and saved["schedule"] == "onecycle" and saved["ema"] == 0.0
+
+
+def test_zero_init_residual_starts_the_model_and_its_pytorch_twin_with_every_branch_at_zero(fake_cifar10):
+    run = config(fake_cifar10, "--recipe", "fast", "--model", "se_resnet20", "--zero-init-residual")
+    assert not config(fake_cifar10, "--recipe", "fast")["zero_init_residual"]  # off unless asked
+    zeroed = {k for k, v in train_module.build_model(run, 10).state_dict().items() if not np.any(v)}
+    last_norms = {f"layer{s}.{u}.bn2.weight" for s in (1, 2, 3) for u in range(3)}
+    assert last_norms <= zeroed and not any(k.endswith("weight") and "bn2" not in k for k in zeroed)
+    twin = train_torch_module.build_twin(run, 10, "cpu")
+    assert all(not twin.state_dict()[k].any() for k in last_norms)
+    assert "residual branches start at 0" in "\n".join(train_module.describe_recipe(run))
+    with pytest.raises(ValueError, match="--zero-init-residual: inception has no residual units"):
+        train_module.build_model(config(fake_cifar10, "--model", "inception", "--zero-init-residual"), 10)
 
 
 @pytest.mark.parametrize("main, argv", [

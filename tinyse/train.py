@@ -24,6 +24,7 @@ Two recipes (``--recipe``), each a set of defaults that every flag still overrid
     test-time flip              no                      reported beside            --tta
     validation split            5,000                   0 (train on all 50,000)    --val-split
     evaluate every              epoch                   5 epochs (and the last)    --eval-every
+    residual branches start     as initialised          as initialised             --zero-init-residual (at 0)
 
 He et al.'s recipe is the SE paper's CIFAR baseline (64k iterations; random crops with 4-pixel
 padding and horizontal flips, as in both recipes). The fast one reaches its accuracy in a tenth of
@@ -63,6 +64,7 @@ from tinyse.checkpoint import atomic_write, load_checkpoint, load_ema, save_chec
 from tinyse.data import BatchLoader, DataError, load_cifar, random_stream, split_validation
 from tinyse.memory import keep_freed_memory
 from tinyse.models import se_options
+from tinyse.models.resnet import zero_init_residuals
 from tinyse.nn import manual_seed
 from tinyse.nn.se import SQUEEZES
 from tinyse.ops.se import GATES
@@ -85,7 +87,7 @@ RECIPES = {
 ONECYCLE_WARMUP = 0.2  # --schedule onecycle rises over this fraction of the epochs unless --warmup-epochs says
 # Settings a config saved before they existed did not have: their value then, so old runs resume unchanged.
 BEFORE_RECIPES = {"recipe": "he", "library": "tinyse", "decay_norm_and_bias": True, "label_smoothing": 0.0,
-                  "ema": 0.0, "tta": "none", "eval_every": 1, "div_factor": 25.0}
+                  "ema": 0.0, "tta": "none", "eval_every": 1, "div_factor": 25.0, "zero_init_residual": False}
 
 
 def parse_args(argv=None, prog="python -m tinyse.train"):
@@ -115,6 +117,9 @@ def parse_args(argv=None, prog="python -m tinyse.train"):
         help="weight decay on batch norm's parameters and the biases too (he: yes; fast: no, only on the "
              "conv and linear weights)")
     add("--label-smoothing", type=float, metavar="EPS", help="he 0, fast 0.1")
+    add("--zero-init-residual", action="store_true",
+        help="start every residual branch's last batch norm at weight 0, so each unit starts as its shortcut "
+             "(Goyal et al., 2017; off in both recipes)")
     add("--ema", type=float, metavar="DECAY",
         help="evaluate and keep a moving average of the weights, this decay per step (0: none, both recipes' default)")
     add("--tta", choices=("none", "flip"),
@@ -178,7 +183,8 @@ def describe_recipe(config):
     images = f"{config['train_subset']:,} training images" if config["train_subset"] else "every training image"
     held_out = f" ({config['val_split']:,} held out for validation)" if config["val_split"] else ""
     rows = [
-        ("model", f"{config['model']} on {config['dataset']}, seed {config['seed']}, {config['device']}"),
+        ("model", f"{config['model']} on {config['dataset']}, seed {config['seed']}, {config['device']}"
+                  + (", residual branches start at 0" if config.get("zero_init_residual") else "")),
         ("training", f"{config['epochs']} epochs on {images}{held_out}, batch {config['batch_size']}"),
         ("learning rate", f"{config['lr']:g}, {schedule}"),
         ("optimiser", f"SGD, {momentum}, weight decay {decay}"),
@@ -197,7 +203,10 @@ def build_model(config, num_classes):
     """The model a config names, on its device (initial weights from ``config["seed"]``)."""
     options = {k: config[k] for k in SE_OPTIONS if config.get(k) is not None}
     manual_seed(config["seed"])
-    return models.create(config["model"], num_classes=num_classes, **options).to(config["device"])
+    model = models.create(config["model"], num_classes=num_classes, **options)
+    if config.get("zero_init_residual") and not zero_init_residuals(model):
+        raise ValueError(f"--zero-init-residual: {config['model']} has no residual units")
+    return model.to(config["device"])
 
 
 def build_data(config):

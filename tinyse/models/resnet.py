@@ -49,6 +49,18 @@ def init_convs(model):
             module.weight.data = init.kaiming_normal(module.weight.shape, mode="fan_out")
 
 
+def zero_init_residuals(model):
+    """Set the last batch norm's weight of every residual branch to 0 (Goyal et al., 2017), in place.
+
+    Each unit then starts as relu(shortcut(x)): the network begins as a shallower one and its
+    residual branches grow from zero. Returns the number of units changed.
+    """
+    units = [module for module in model.modules() if isinstance(module, ResidualUnit)]
+    for unit in units:
+        unit.last_norm().weight.data[...] = 0
+    return len(units)
+
+
 def make_shortcut(in_channels, out_channels, stride, kind):
     """Identity when shapes agree; else option "A" (subsample + zero pad) or "B" (1x1 conv + batch norm)."""
     if stride == 1 and in_channels == out_channels:
@@ -63,7 +75,8 @@ def make_shortcut(in_channels, out_channels, stride, kind):
 class ResidualUnit(Module):
     """What every residual block shares: the shortcut, and the SE block in its chosen place.
 
-    Subclasses build their layers, then call ``add_shortcut_and_se``, and write ``residual(x)``.
+    Subclasses build their layers, then call ``add_shortcut_and_se``, and write ``residual(x)`` and
+    ``last_norm()`` (the branch's last batch norm, for ``zero_init_residuals``).
     ``integration`` is where the SE block sits (the module docstring's four formulas), None without one.
     """
 
@@ -104,6 +117,9 @@ class BasicBlock(ResidualUnit):
     def residual(self, x):
         return self.bn2(self.conv2(self.bn1(self.conv1(x))))
 
+    def last_norm(self):
+        return self.bn2
+
 
 class Bottleneck(ResidualUnit):
     """residual(x) = bn3(conv3(relu(bn2(conv2(relu(bn1(conv1(x)))))))): 1x1 conv down to ``width``,
@@ -127,6 +143,9 @@ class Bottleneck(ResidualUnit):
         x = self.bn1(self.conv1(x))
         x = self.bn2(self.conv2(x))
         return self.bn3(self.conv3(x))
+
+    def last_norm(self):
+        return self.bn3
 
 
 class CifarResNet(Module):
