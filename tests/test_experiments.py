@@ -310,7 +310,8 @@ def test_the_full_budget_study_moves_one_setting_over_the_whole_training_set_les
     changed = {v["label"]: {k: c[k] for k in first if c[k] != first[k] and k != "out"}
                for v, c in zip(variants[1:], others)}
     assert changed == {"lr=0.4": {"lr": 0.4}, "batch=64": {"batch_size": 64},
-                       "zero-init": {"zero_init_residual": True}}
+                       "zero-init": {"zero_init_residual": True}, "wd=1e-4": {"weight_decay": 1e-4},
+                       "no-label-smoothing": {"label_smoothing": 0.0}}
 
 
 RUNS = Path(__file__).resolve().parents[1] / "docs" / "runs"
