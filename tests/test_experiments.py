@@ -314,6 +314,20 @@ def test_the_full_budget_study_moves_one_setting_over_the_whole_training_set_les
                        "no-label-smoothing": {"label_smoothing": 0.0}}
 
 
+def test_the_no_smoothing_study_is_se_vs_plain_without_label_smoothing_on_the_test_set():
+    configs = {}
+    for study in ("se-vs-plain", "no-smoothing"):
+        model, variants, baseline = experiments.study_variants(study, "resnet20")
+        assert (model, baseline) == ("resnet20", "resnet20")
+        assert [v["model"] for v in variants] == ["resnet20", "se_resnet20"]
+        configs[study] = experiments.run_config("out", variants[1], 0, experiments.STUDIES[study]["budget"])
+    assert experiments.STUDIES["no-smoothing"]["metric"] == "test_acc"
+    changed = {k for k in configs["se-vs-plain"] if configs["se-vs-plain"][k] != configs["no-smoothing"][k]}
+    assert changed == {"label_smoothing"}
+    assert (configs["se-vs-plain"]["label_smoothing"], configs["no-smoothing"]["label_smoothing"]) == (0.1, 0.0)
+    assert (configs["no-smoothing"]["train_subset"], configs["no-smoothing"]["val_split"]) == (None, 0)
+
+
 RUNS = Path(__file__).resolve().parents[1] / "docs" / "runs"
 
 
