@@ -312,7 +312,7 @@ def test_the_full_budget_study_moves_one_setting_over_the_whole_training_set_les
     assert changed == {"lr=0.4": {"lr": 0.4}, "batch=64": {"batch_size": 64},
                        "zero-init": {"zero_init_residual": True}, "wd=1e-4": {"weight_decay": 1e-4},
                        "no-label-smoothing": {"label_smoothing": 0.0}, "r=4": {"reduction": 4},
-                       "batch=256": {"batch_size": 256, "lr": 0.4}}
+                       "batch=256": {"batch_size": 256, "lr": 0.4}, "epochs=20": {"epochs": 20, "warmup_epochs": 4.0}}
 
 
 def test_the_no_smoothing_study_is_se_vs_plain_without_label_smoothing_on_the_test_set():
