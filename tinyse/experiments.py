@@ -185,7 +185,7 @@ def full_budget_variants(model):
     """The fast recipe at its first peak lr (0.2); at the tune study's 0.4; at batch 64 with lr 0.2 (0.4 scaled);
     with every residual branch starting at zero; with less regularisation: He et al.'s weight decay (1e-4), and no
     label smoothing; SE at reduction 4 (stage 1's excitation has 4 hidden units instead of 1); batch 256 at lr 0.4
-    (the peak scaled with the batch: half the steps, each cheaper on a CPU); and 20 epochs instead of 15, not a
+    (the peak scaled with the batch: half the steps); and 20 epochs instead of 15, not a
     candidate for the 15-epoch recipe but a measure of how far it stops from where more epochs would take it."""
     return [variant("fast", model), variant("lr=0.4", model, "--lr", "0.4"),
             variant("batch=64", model, "--batch-size", "64"), variant("zero-init", model, "--zero-init-residual"),
