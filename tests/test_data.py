@@ -492,6 +492,53 @@ def test_starting_at_batch_k_gives_the_tail_of_the_epoch(prefetch):
         loader.batches(2, start=8)
 
 
+def mirrored_images(loader, epoch):
+    """With no crop (padding 0), which images epoch ``epoch`` serves mirrored: (N,) bool by image index."""
+    mirrored = np.zeros(N_IMAGES, bool)
+    for x, labels in loader.batches(epoch):
+        for image, label in zip(x.data, labels):
+            plain, mirror = (normalize(loader.images[label][None, ..., ::step], MEAN, STD)[0] for step in (1, -1))
+            assert np.array_equal(image, plain) or np.array_equal(image, mirror)
+            mirrored[label] = not np.array_equal(image, plain)
+    return mirrored
+
+
+def test_the_alternating_flip_mirrors_each_image_in_every_other_epoch():
+    loader = make_loader(padding=0, flip="alternate")
+    first, second, third = (mirrored_images(loader, epoch) for epoch in (0, 1, 2))
+    np.testing.assert_array_equal(second, ~first)  # two epochs in a row show both sides of every image
+    np.testing.assert_array_equal(third, first)
+    assert 0 < first.sum() < N_IMAGES  # the first epoch's flips are random, not all one way
+    np.testing.assert_array_equal(loader.flips(1), ~loader.flips(0))
+    assert make_loader(flip="random").flips(0) is None
+    random_first, random_second = (mirrored_images(make_loader(padding=0), epoch) for epoch in (0, 1))
+    assert np.any(random_first == random_second)  # the default, drawn afresh, mirrors some images twice in a row
+
+
+def test_the_alternating_flip_keeps_the_random_flips_crops():
+    # Both draw the crop first from the batch's stream, so each image is the other's, mirrored or not.
+    alternate, random = epoch_of(make_loader(flip="alternate"), 1), epoch_of(make_loader(flip="random"), 1)
+    mirrored = []
+    for (x, labels), (x2, labels2) in zip(alternate, random):
+        np.testing.assert_array_equal(labels, labels2)
+        for image, image2 in zip(x, x2):
+            assert np.array_equal(image, image2) or np.array_equal(image, image2[..., ::-1])
+            mirrored.append(not np.array_equal(image, image2))
+    assert 0 < sum(mirrored) < N_IMAGES  # the two flips differ on some images, agree on others
+
+
+def test_the_crop_padding_sets_how_far_crops_move():
+    images = some_images(n=N_IMAGES)
+    unpadded = make_loader(padding=0, flip="alternate")
+    x, labels = epoch_of(unpadded, 0)[0]
+    flips = unpadded.flips(0)[labels]
+    np.testing.assert_array_equal(x, normalize(flip(images[labels], flips), MEAN, STD))
+    with pytest.raises(ValueError, match="padding must be >= 0, got -1"):
+        make_loader(padding=-1)
+    with pytest.raises(ValueError, match="flip must be one of random, alternate, got 'sometimes'"):
+        make_loader(flip="sometimes")
+
+
 def test_prefetching_gives_the_same_batches():
     plain, prefetched = epoch_of(make_loader(), 1), epoch_of(make_loader(prefetch=True), 1)
     assert len(plain) == len(prefetched) == 7

@@ -312,21 +312,23 @@ def test_the_full_budget_study_moves_one_setting_over_the_whole_training_set_les
     assert changed == {"lr=0.4": {"lr": 0.4}, "batch=64": {"batch_size": 64},
                        "zero-init": {"zero_init_residual": True}, "wd=1e-4": {"weight_decay": 1e-4},
                        "no-label-smoothing": {"label_smoothing": 0.0}, "r=4": {"reduction": 4},
-                       "batch=256": {"batch_size": 256, "lr": 0.4}, "epochs=20": {"epochs": 20, "warmup_epochs": 4.0}}
+                       "batch=256": {"batch_size": 256, "lr": 0.4}, "epochs=20": {"epochs": 20, "warmup_epochs": 4.0},
+                       "light-aug": {"crop_padding": 2, "flip": "alternate"}}
 
 
-def test_the_no_smoothing_study_is_se_vs_plain_without_label_smoothing_on_the_test_set():
+@pytest.mark.parametrize("study, moved", [("no-smoothing", {"label_smoothing": (0.1, 0.0)}),
+                                          ("light-aug", {"crop_padding": (4, 2), "flip": ("random", "alternate")})])
+def test_the_studies_beside_se_vs_plain_move_one_setting_on_the_test_set(study, moved):
     configs = {}
-    for study in ("se-vs-plain", "no-smoothing"):
-        model, variants, baseline = experiments.study_variants(study, "resnet20")
+    for name in ("se-vs-plain", study):
+        model, variants, baseline = experiments.study_variants(name, "resnet20")
         assert (model, baseline) == ("resnet20", "resnet20")
         assert [v["model"] for v in variants] == ["resnet20", "se_resnet20"]
-        configs[study] = experiments.run_config("out", variants[1], 0, experiments.STUDIES[study]["budget"])
-    assert experiments.STUDIES["no-smoothing"]["metric"] == "test_acc"
-    changed = {k for k in configs["se-vs-plain"] if configs["se-vs-plain"][k] != configs["no-smoothing"][k]}
-    assert changed == {"label_smoothing"}
-    assert (configs["se-vs-plain"]["label_smoothing"], configs["no-smoothing"]["label_smoothing"]) == (0.1, 0.0)
-    assert (configs["no-smoothing"]["train_subset"], configs["no-smoothing"]["val_split"]) == (None, 0)
+        configs[name] = experiments.run_config("out", variants[1], 0, experiments.STUDIES[name]["budget"])
+    assert experiments.STUDIES[study]["metric"] == "test_acc"
+    before, after = configs["se-vs-plain"], configs[study]
+    assert {k: (before[k], after[k]) for k in before if before[k] != after[k]} == moved
+    assert (after["train_subset"], after["val_split"]) == (None, 0)
 
 
 RUNS = Path(__file__).resolve().parents[1] / "docs" / "runs"

@@ -61,7 +61,7 @@ import tinyse.functional as F
 from tinyse import models
 from tinyse.backend import module_for_device
 from tinyse.checkpoint import atomic_write, load_checkpoint, load_ema, save_checkpoint
-from tinyse.data import BatchLoader, DataError, load_cifar, random_stream, split_validation
+from tinyse.data import FLIPS, BatchLoader, DataError, load_cifar, random_stream, split_validation
 from tinyse.memory import keep_freed_memory
 from tinyse.models import se_options
 from tinyse.models.resnet import zero_init_residuals
@@ -79,15 +79,16 @@ SE_OPTIONS = ("reduction", "squeeze", "excitation", "integration", "stages")
 RECIPES = {
     "he": {"epochs": 164, "batch_size": 128, "lr": 0.1, "schedule": "step", "momentum": 0.9, "nesterov": False,
            "weight_decay": 1e-4, "decay_norm_and_bias": True, "label_smoothing": 0.0, "ema": 0.0, "tta": "none",
-           "val_split": 5000, "eval_every": 1},
+           "val_split": 5000, "eval_every": 1, "crop_padding": 4, "flip": "random"},
     "fast": {"epochs": 15, "batch_size": 128, "lr": 0.4, "schedule": "onecycle", "momentum": 0.9, "nesterov": True,
              "weight_decay": 5e-4, "decay_norm_and_bias": False, "label_smoothing": 0.1, "ema": 0.0, "tta": "flip",
-             "val_split": 0, "eval_every": 5},
+             "val_split": 0, "eval_every": 5, "crop_padding": 4, "flip": "random"},
 }
 ONECYCLE_WARMUP = 0.2  # --schedule onecycle rises over this fraction of the epochs unless --warmup-epochs says
 # Settings a config saved before they existed did not have: their value then, so old runs resume unchanged.
 BEFORE_RECIPES = {"recipe": "he", "library": "tinyse", "decay_norm_and_bias": True, "label_smoothing": 0.0,
-                  "ema": 0.0, "tta": "none", "eval_every": 1, "div_factor": 25.0, "zero_init_residual": False}
+                  "ema": 0.0, "tta": "none", "eval_every": 1, "div_factor": 25.0, "zero_init_residual": False,
+                  "crop_padding": 4, "flip": "random"}
 
 
 def parse_args(argv=None, prog="python -m tinyse.train"):
@@ -137,6 +138,11 @@ def parse_args(argv=None, prog="python -m tinyse.train"):
     add("--train-subset", type=int, help="train on this many images only (a quick run)")
     add("--test-subset", type=int, help="evaluate on the first N test images only")
     add("--no-augment", dest="augment", action="store_false", help="no random crops or flips")
+    add("--crop-padding", type=int, metavar="P",
+        help="random crops of the images zero-padded by P pixels (both recipes 4, He et al.'s)")
+    add("--flip", choices=FLIPS,
+        help="random: each image mirrored with probability 1/2 (both recipes); alternate: mirrored in every "
+             "other epoch, from a random start per image (Jordan, 2024)")
     add("--prefetch", action="store_true", help="prepare the next batch in a background thread")
     add("--no-progress", dest="progress", action="store_false", help="no progress bar, only a line per epoch")
     add("--reduction", type=int, help="SE reduction ratio r (default 16)")
@@ -162,6 +168,8 @@ def resolve_recipe(settings):
         raise ValueError(f"--ema must be in [0, 1) (0: no moving average), got {settings['ema']}")
     if not 0 <= settings["label_smoothing"] <= 1:
         raise ValueError(f"--label-smoothing must be in [0, 1], got {settings['label_smoothing']}")
+    if settings["crop_padding"] < 0:
+        raise ValueError(f"--crop-padding must be >= 0, got {settings['crop_padding']}")
     if settings["eval_every"] < 1:
         raise ValueError(f"--eval-every must be >= 1, got {settings['eval_every']}")
     return settings
@@ -188,6 +196,8 @@ def describe_recipe(config):
         ("training", f"{config['epochs']} epochs on {images}{held_out}, batch {config['batch_size']}"),
         ("learning rate", f"{config['lr']:g}, {schedule}"),
         ("optimiser", f"SGD, {momentum}, weight decay {decay}"),
+        ("augmentation", f"crop from {config['crop_padding']}-pixel padding, {config['flip']} flip"
+                         if config["augment"] else "none"),
         ("label smoothing", f"{config['label_smoothing']:g}"),
         ("weight average", f"EMA, decay {config['ema']:g} per step" if config["ema"] else "none"),
         ("test-time aug.", "flip, reported beside the single crop" if config["tta"] == "flip" else "none"),
@@ -226,7 +236,7 @@ def build_data(config):
         return BatchLoader(
             images, labels, config["batch_size"], data.mean, data.std, shuffle=train,
             augment=train and config["augment"], seed=config["seed"], device=config["device"],
-            prefetch=config["prefetch"],
+            prefetch=config["prefetch"], padding=config["crop_padding"], flip=config["flip"],
         )
 
     loaders = {"train": loader(train_x, train_y, True), "test": loader(test_x, test_y, False)}

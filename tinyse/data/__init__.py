@@ -20,10 +20,10 @@ from tinyse.data.cifar import (
     load_cifar,
 )
 from tinyse.data.download import download_url
-from tinyse.data.loader import BatchLoader, random_stream, split_validation
+from tinyse.data.loader import FLIPS, BatchLoader, random_stream, split_validation
 
 __all__ = [
-    "DATASETS", "ENV_VAR", "BatchLoader", "Cifar", "DataError", "DataNotFoundError", "augment_batch",
+    "DATASETS", "ENV_VAR", "FLIPS", "BatchLoader", "Cifar", "DataError", "DataNotFoundError", "augment_batch",
     "channel_stats", "crop", "crop_naive", "data_dir", "download_url", "flip", "load_cifar", "normalize", "pad",
     "random_crop", "random_flip", "random_stream", "split_validation",
 ]

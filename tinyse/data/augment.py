@@ -80,9 +80,14 @@ def random_flip(images, rng):
     return flip(images, rng.random(len(images)) < 0.5)
 
 
-def augment_batch(images, rng, padding=4):
-    """The paper's CIFAR augmentation: ``random_crop`` then ``random_flip``, both drawing from ``rng``."""
-    return random_flip(random_crop(images, rng, padding), rng)
+def augment_batch(images, rng, padding=4, flips=None):
+    """The paper's CIFAR augmentation: ``random_crop`` then ``random_flip``, both drawing from ``rng``.
+
+    ``flips`` (N,) bool, if given, says which images to mirror instead (the alternating flip of
+    ``BatchLoader``); the crops are the same either way, as they are drawn first.
+    """
+    cropped = random_crop(images, rng, padding)
+    return random_flip(cropped, rng) if flips is None else flip(cropped, flips)
 
 
 def normalize(images, mean, std):

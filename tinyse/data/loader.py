@@ -4,6 +4,7 @@ Everything random comes from a stream named by where it is used (``random_stream
     the validation split       random_stream(seed, 0)
     epoch e's order            random_stream(seed, 1, e)
     batch b's augmentation     random_stream(seed, 1, e, b)
+    the alternating flip       random_stream(seed, 3)  (each image's flip in even epochs)
 so no generator state has to be saved: to resume an epoch at batch k,
 ``batches(e, start=k)`` rebuilds exactly what an uninterrupted epoch would have given.
 
@@ -20,7 +21,8 @@ from tinyse.backend import check_device, to_device
 from tinyse.data.augment import augment_batch, normalize
 from tinyse.tensor import Tensor
 
-_SPLIT_STREAM, _EPOCH_STREAM = 0, 1
+_SPLIT_STREAM, _EPOCH_STREAM, _FLIP_STREAM = 0, 1, 3  # 2: tinyse.train's training subset
+FLIPS = ("random", "alternate")
 
 
 def random_stream(seed, *path):
@@ -60,18 +62,27 @@ class BatchLoader:
     images (N, 3, H, W) uint8 on the 0-255 scale, labels (N,) ints; mean, std (3,) on the
     0-1 scale (``Cifar.mean``, ``Cifar.std``). Each batch is (x, labels): x a float32
     ``Tensor`` (B, 3, H, W), normalised, and labels an int64 array (B,), both on ``device``.
-    shuffle: a new order every epoch; augment: random crop (4-pixel padding) and flip;
-    drop_last: skip the last batch when it is smaller than ``batch_size``.
+    shuffle: a new order every epoch; augment: a random crop (zero-padded by ``padding`` pixels)
+    and a horizontal flip; drop_last: skip the last batch when it is smaller than ``batch_size``.
+
+    flip "random": each image mirrored with probability 1/2, drawn afresh every epoch (He et al.).
+    flip "alternate": the derandomised flip of Jordan (2024, "94% on CIFAR-10 in 3.29 seconds"):
+    each image is mirrored or not at random in even epochs and the other way in odd ones, so
+    any two epochs in a row show the network both sides of every image.
     """
 
     def __init__(self, images, labels, batch_size, mean, std, shuffle=False, augment=False, seed=0,
-                 device="cpu", prefetch=False, drop_last=False):
+                 device="cpu", prefetch=False, drop_last=False, padding=4, flip="random"):
         if images.ndim != 4 or len(labels) != len(images):
             raise ValueError(f"BatchLoader: images {images.shape} should be (N, C, H, W) with N = {len(labels)} labels")
         if batch_size < 1:
             raise ValueError(f"BatchLoader: batch_size must be >= 1, got {batch_size}")
         if not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"BatchLoader: seed must be an integer >= 0, got {seed!r}")
+        if padding < 0:
+            raise ValueError(f"BatchLoader: padding must be >= 0, got {padding}")
+        if flip not in FLIPS:
+            raise ValueError(f"BatchLoader: flip must be one of {', '.join(FLIPS)}, got {flip!r}")
         self.images = images
         self.labels = np.asarray(labels, dtype=np.int64)
         self.batch_size = batch_size
@@ -80,6 +91,7 @@ class BatchLoader:
         self.shuffle, self.augment, self.seed = shuffle, augment, seed
         self.device = check_device(device)
         self.prefetch, self.drop_last = prefetch, drop_last
+        self.padding, self.flip = padding, flip
 
     def __len__(self):
         """The number of batches in one epoch."""
@@ -95,6 +107,13 @@ class BatchLoader:
             return np.arange(len(self.images))
         return random_stream(self.seed, _EPOCH_STREAM, epoch).permutation(len(self.images))
 
+    def flips(self, epoch):
+        """flip "alternate": which images epoch ``epoch`` mirrors, (N,) bool by image index; None for "random"."""
+        if self.flip == "random":
+            return None
+        even_epochs = random_stream(self.seed, _FLIP_STREAM).random(len(self.images)) < 0.5
+        return even_epochs if epoch % 2 == 0 else ~even_epochs
+
     def batches(self, epoch, start=0):
         """Yield (x, labels) for batches ``start``, ``start`` + 1, ... of epoch ``epoch``."""
         if not 0 <= start <= len(self):
@@ -106,12 +125,13 @@ class BatchLoader:
 
     def _host_batches(self, epoch, start):
         """(x (B, 3, H, W) float32, labels (B,) int64) NumPy arrays, batch by batch."""
-        order = self.order(epoch)
+        order, flips = self.order(epoch), self.flips(epoch)
         for index in range(start, len(self)):
             chosen = order[index * self.batch_size : (index + 1) * self.batch_size]
             images = self.images[chosen]  # (B, 3, H, W) uint8, a copy
             if self.augment:
-                images = augment_batch(images, random_stream(self.seed, _EPOCH_STREAM, epoch, index))
+                rng = random_stream(self.seed, _EPOCH_STREAM, epoch, index)
+                images = augment_batch(images, rng, self.padding, None if flips is None else flips[chosen])
             yield normalize(images, self.mean, self.std), self.labels[chosen]
 
     def _on_device(self, host_batches):
