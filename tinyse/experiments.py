@@ -32,7 +32,7 @@ ingredients on the validation accuracy; ``tune`` moves one setting at a time (pe
 decay) over the recipe's whole schedule of 15 epochs, on 15,000 images with 5,000 others held out,
 and compares on the validation accuracy too; ``full-budget`` moves a setting the same way over the
 whole budget (45,000 images, 5,000 held out): the peak lr 0.2 against 0.4, batch 64, zero-init, weight decay
-1e-4 and no label smoothing; the others
+1e-4, no label smoothing, SE at r=4, batch 256, 20 epochs and lighter augmentation; the others
 train on all 50,000 images for the recipe's 15 epochs and report the test accuracy. The statistics:
 mean ± sample std over seeds, and each variant minus the baseline (the full recipe, the plain model,
 tinyse) paired by seed, with its 95% t-interval.
@@ -705,6 +705,8 @@ def recipe_line(recipe):
                       + ("" if recipe.get("decay_norm_and_bias", True) else " (not on batch norm and biases)"))
     if recipe.get("label_smoothing"):
         extras.append(f"label smoothing {recipe['label_smoothing']:g}")
+    if (recipe.get("crop_padding", 4), recipe.get("flip", "random")) != (4, "random"):
+        extras.append(f"crops from {recipe.get('crop_padding', 4)}-pixel padding, {recipe.get('flip', 'random')} flip")
     if recipe.get("ema"):
         extras.append(f"EMA of the weights {recipe['ema']:g} per step")
     if recipe.get("tta", "none") != "none":
