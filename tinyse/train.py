@@ -18,6 +18,9 @@ Two recipes (``--recipe``), each a set of defaults that every flag still overrid
     momentum                    0.9                     0.9, Nesterov              --momentum, --[no-]nesterov
     weight decay                1e-4, on everything     5e-4, not on batch norm    --weight-decay,
                                                         and biases                 --[no-]decay-norm-and-bias
+    crops                       from 4-pixel padding    from 4-pixel padding       --crop-padding
+    flips                       random, p = 1/2         random, p = 1/2            --flip (alternate: every
+                                                                                   other epoch, Jordan 2024)
     label smoothing             0                       0.1                        --label-smoothing
     moving average (EMA)        none                    none (it cost 10 points    --ema DECAY (0: none)
                                                         at 5 epochs: docs/runs)
@@ -27,7 +30,7 @@ Two recipes (``--recipe``), each a set of defaults that every flag still overrid
     residual branches start     as initialised          as initialised             --zero-init-residual (at 0)
 
 He et al.'s recipe is the SE paper's CIFAR baseline (64k iterations; random crops with 4-pixel
-padding and horizontal flips, as in both recipes). The fast one reaches its accuracy in a tenth of
+padding and horizontal flips, as in both recipes' defaults). The fast one reaches its accuracy in a tenth of
 the epochs. ``--lr`` is the learning rate at the batch you give: at another batch than 128, scale
 it yourself (Goyal et al. 2017's linear rule: lr * B / 128).
 
