@@ -48,10 +48,10 @@ def test_he_is_the_default_and_keeps_the_settings_train_always_had():
 
 def test_fast_sets_every_ingredient():
     resolved = config_from_args(parse_args(["--recipe", "fast"]))
-    expected = {"epochs": 15, "batch_size": 128, "lr": 0.4, "schedule": "onecycle", "momentum": 0.9, "nesterov": True,
+    expected = {"epochs": 15, "batch_size": 128, "lr": 0.2, "schedule": "onecycle", "momentum": 0.9, "nesterov": True,
                 "weight_decay": 5e-4, "decay_norm_and_bias": False, "label_smoothing": 0.1, "ema": 0.0,
                 "tta": "flip", "val_split": 0, "eval_every": 5, "warmup_epochs": 3.0, "div_factor": 25.0,
-                "crop_padding": 4, "flip": "random"}
+                "crop_padding": 2, "flip": "alternate"}
     assert {k: resolved[k] for k in expected} == expected
     assert resolved["library"] == "tinyse" and resolved["threads"] >= 1
 
@@ -68,8 +68,8 @@ def test_fast_sets_every_ingredient():
     (["--schedule", "cosine"], "warmup_epochs", 0.0),  # other schedules: no warm-up unless asked
     (["--lr", "0.8", "--batch-size", "256"], "lr", 0.8),  # the lr is taken as given, not scaled
     (["--zero-init-residual"], "zero_init_residual", True),
-    (["--crop-padding", "2"], "crop_padding", 2),
-    (["--flip", "alternate"], "flip", "alternate"),
+    (["--crop-padding", "4"], "crop_padding", 4),  # He et al.'s augmentation, one half at a time
+    (["--flip", "random"], "flip", "random"),
 ])
 def test_each_ingredient_is_overridden_by_its_own_flag_alone(flags, key, value):
     fast = config_from_args(parse_args(["--recipe", "fast"]))
@@ -100,9 +100,9 @@ def test_settings_no_run_could_use_are_clear_errors(flags, message):
 def test_the_recipe_is_printed_at_the_start_of_a_run(fake_cifar10, capsys):
     train(config(fake_cifar10, "--recipe", "fast", "--epochs", "1", "--train-subset", "16"))
     printed = capsys.readouterr().out
-    for text in ("recipe 'fast'", "0.4, onecycle: 0.2 epochs up from lr / 25, then linear to 0",
+    for text in ("recipe 'fast'", "0.2, onecycle: 0.2 epochs up from lr / 25, then linear to 0",
                  "SGD, Nesterov momentum 0.9, weight decay 0.0005, not on batch norm and biases",
-                 "label smoothing  0.1", "augmentation     crop from 4-pixel padding, random flip",
+                 "label smoothing  0.1", "augmentation     crop from 2-pixel padding, flip in every other epoch",
                  "weight average   none", "flip, reported beside the single crop"):
         assert text in printed, text
     saved = json.loads((fake_cifar10 / "run" / "config.json").read_text())
