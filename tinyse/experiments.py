@@ -726,8 +726,8 @@ TITLES = {
     "recipe": "The fast recipe on {model}: each ingredient switched off in turn",
     "tune": "The fast recipe on {model}: one setting moved at a time",
     "full-budget": "The fast recipe on {model}: one setting moved over the whole budget",
-    "se-vs-plain": "{model} against se_{model}, the fast recipe at its first peak lr",
-    "no-smoothing": "{model} against se_{model}, the fast recipe at its first peak lr without label smoothing",
+    "se-vs-plain": "{model} against se_{model}, the first fast recipe",
+    "no-smoothing": "{model} against se_{model}, the first fast recipe without label smoothing",
     "light-aug": "{model} against se_{model}, the fast recipe (peak lr 0.2, lighter augmentation)",
     "fast": "{model} against se_{model}, the fast recipe at peak lr 0.4",
     "torch-check": "{model}, the same recipe in tinyse and in PyTorch",
@@ -871,13 +871,14 @@ STUDY_HELP = {
                    "branches, weight decay 1e-4, no label smoothing, SE at r=4, batch 256, 20 epochs and lighter "
                    "augmentation (with label smoothing 0.1 and 0.2), on 45,000 "
                    "images, 5,000 held out (validation)",
-    "se-vs-plain": "ResNet-20 against SE-ResNet-20 with the fast recipe at its first peak lr (0.2), paired by seed",
+    "se-vs-plain": "ResNet-20 against SE-ResNet-20 with the first fast recipe (peak lr 0.2, 4-pixel crops, random "
+                   "flips), paired by seed",
     "no-smoothing": "the same without label smoothing (the full-budget study's best arm), paired by seed",
     "light-aug": "the same with 2-pixel crops and the alternating flip (the full-budget study's light-aug arm): "
                  "the fast recipe as it stands",
     "fast": "ResNet-20 against SE-ResNet-20 with the fast recipe at the tune study's peak lr 0.4 and 4-pixel crops, "
             "paired by seed",
-    "torch-check": "the fast recipe trained by tinyse and by PyTorch: accuracy and time",
+    "torch-check": "the first fast recipe trained by tinyse and by PyTorch: accuracy and time",
 }
 
 
