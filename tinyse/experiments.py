@@ -15,7 +15,7 @@ The studies of the fast recipe (``python -m tinyse.train --recipe fast``), kept 
     python -m tinyse.experiments light-aug --seeds 0 1 2   # ResNet-20 vs SE-ResNet-20, the fast recipe as it is
     python -m tinyse.experiments se-vs-plain --seeds 0 1 2 # the same at its first augmentation (4-pixel crops)
     python -m tinyse.experiments fast --seeds 0 1 2        # the same at the tune study's peak lr, 0.4
-    python -m tinyse.experiments no-smoothing --seeds 0    # the same at 0.2 without label smoothing
+    python -m tinyse.experiments no-smoothing --seeds 0    # se-vs-plain without label smoothing
     python -m tinyse.experiments torch-check --seeds 0 1   # the same recipe in tinyse and in PyTorch: accuracy, time
     python -m tinyse.experiments light-aug --jobs 2        # two runs at a time, one thread each
     python -m tinyse.experiments tune --seeds 0 1          # the first recipe's settings moved one at a time
