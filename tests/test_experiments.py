@@ -314,7 +314,9 @@ def test_the_full_budget_study_moves_one_setting_over_the_whole_training_set_les
                        "no-label-smoothing": {"label_smoothing": 0.0}, "r=4": {"reduction": 4},
                        "batch=256": {"batch_size": 256, "lr": 0.4}, "epochs=20": {"epochs": 20, "warmup_epochs": 4.0},
                        "light-aug": {"crop_padding": 2, "flip": "alternate"},
-                       "light-aug+ls=0.2": {"crop_padding": 2, "flip": "alternate", "label_smoothing": 0.2}}
+                       "light-aug+ls=0.2": {"crop_padding": 2, "flip": "alternate", "label_smoothing": 0.2},
+                       "light-aug+wd=1e-3": {"crop_padding": 2, "flip": "alternate", "weight_decay": 1e-3},
+                       "light-aug+pad=1": {"crop_padding": 1, "flip": "alternate"}}
 
 
 @pytest.mark.parametrize("study, moved", [("no-smoothing", {"label_smoothing": (0.1, 0.0)}),
