@@ -445,6 +445,20 @@ def test_the_torch_check_trains_both_libraries_and_reports_the_time_ratio(fake_c
     assert torch_summary["library"] == "torch" and torch_summary["machine"]["torch"]
 
 
+def test_the_light_aug_torch_check_trains_what_the_light_aug_study_trains_for_se_resnet20():
+    """Its tinyse runs are the light-aug study's SE-ResNet-20 runs copied in: valid only while the configs agree."""
+    _, torch_check, _ = experiments.study_variants("light-aug-torch", "se_resnet20")
+    _, compared, _ = experiments.study_variants("light-aug", "resnet20")
+    assert [(v["label"], v["library"]) for v in torch_check] == [("tinyse", "tinyse"), ("torch", "torch")]
+    for seed in (0, 1):
+        light = experiments.run_config("a", compared[1], seed, experiments.STUDIES["light-aug"]["budget"])
+        for v in torch_check:
+            config = experiments.run_config("b", v, seed, experiments.STUDIES["light-aug-torch"]["budget"])
+            library = {} if v["library"] == "tinyse" else {"library": ("torch", "tinyse")}
+            assert experiments.differences(config, light) == library
+            assert (config["model"], config["crop_padding"], config["flip"]) == ("se_resnet20", 2, "alternate")
+
+
 def test_two_runs_at_a_time_each_in_its_own_process_with_one_thread(fake_cifar10):
     stopped, results = run_compare(fake_cifar10, seeds=[0], jobs=2)
     assert not stopped and len(results["runs"]) == 2
