@@ -878,7 +878,7 @@ STUDY_HELP = {
     "tune": "the fast recipe with its peak lr, batch or weight decay moved (15 epochs on 15,000 images, validation)",
     "full-budget": "the fast recipe at peak lr 0.2 and 0.4, at batch 64, with zero-initialised residual "
                    "branches, weight decay 1e-4, no label smoothing, SE at r=4, batch 256, 20 epochs and lighter "
-                   "augmentation (with label smoothing 0.1 and 0.2), on 45,000 "
+                   "augmentation (with label smoothing 0.1 and 0.2, weight decay 1e-3, 1-pixel crops), on 45,000 "
                    "images, 5,000 held out (validation)",
     "se-vs-plain": "ResNet-20 against SE-ResNet-20 with the first fast recipe (peak lr 0.2, 4-pixel crops, random "
                    "flips), paired by seed",
