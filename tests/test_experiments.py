@@ -316,7 +316,8 @@ def test_the_full_budget_study_moves_one_setting_over_the_whole_training_set_les
                        "light-aug": {"crop_padding": 2, "flip": "alternate"},
                        "light-aug+ls=0.2": {"crop_padding": 2, "flip": "alternate", "label_smoothing": 0.2},
                        "light-aug+wd=1e-3": {"crop_padding": 2, "flip": "alternate", "weight_decay": 1e-3},
-                       "light-aug+pad=1": {"crop_padding": 1, "flip": "alternate"}}
+                       "light-aug+pad=1": {"crop_padding": 1, "flip": "alternate"},
+                       "light-aug+ema=0.999": {"crop_padding": 2, "flip": "alternate", "ema": 0.999}}
 
 
 @pytest.mark.parametrize("study, moved", [("no-smoothing", {"label_smoothing": (0.1, 0.0)}),
@@ -332,6 +333,16 @@ def test_the_studies_beside_se_vs_plain_move_one_setting_on_the_test_set(study, 
     before, after = configs["se-vs-plain"], configs[study]
     assert {k: (before[k], after[k]) for k in before if before[k] != after[k]} == moved
     assert (after["train_subset"], after["val_split"]) == (None, 0)
+
+
+def test_the_twenty_epochs_study_is_the_recipe_as_it_stands_stretched_to_20_epochs():
+    model, variants, baseline = experiments.study_variants("twenty-epochs", "se_resnet20")
+    assert (model, baseline, [v["folder"] for v in variants]) == ("se_resnet20", "epochs=20", ["epochs-20"])
+    _, compared, _ = experiments.study_variants("light-aug", "resnet20")
+    fifteen = experiments.run_config("out", compared[1], 0, experiments.STUDIES["light-aug"]["budget"])
+    twenty = experiments.run_config("out", variants[0], 0, experiments.STUDIES["twenty-epochs"]["budget"])
+    assert experiments.differences(fifteen, twenty) == {"epochs": (15, 20), "warmup_epochs": (3.0, 4.0)}
+    assert experiments.STUDIES["twenty-epochs"]["metric"] == "test_acc"
 
 
 RUNS = Path(__file__).resolve().parents[1] / "docs" / "runs"
