@@ -2,7 +2,7 @@
 
     python -m tinyse.train --recipe fast                     # SE-ResNet-20, 15 epochs: the CPU recipe
     python -m tinyse.train                                   # He et al.'s recipe (164 epochs: a GPU's job)
-    python -m tinyse.train --recipe fast --ema 0 --val-split 5000   # one ingredient off, a validation split
+    python -m tinyse.train --recipe fast --label-smoothing 0 --val-split 5000   # one ingredient off, validation
     python -m tinyse.train --model resnet20 --epochs 30 --schedule cosine --device gpu
     python -m tinyse.train --train-subset 5000 --epochs 3    # a quick run
     python -m tinyse.train --resume runs/se_resnet20         # continue an interrupted run exactly
@@ -22,8 +22,9 @@ Two recipes (``--recipe``), each a set of defaults that every flag still overrid
     flips                       random, p = 1/2         alternate: every other     --flip
                                                         epoch (Jordan 2024)
     label smoothing             0                       0.1                        --label-smoothing
-    moving average (EMA)        none                    none (it cost 10 points    --ema DECAY (0: none)
-                                                        at 5 epochs: docs/runs)
+    moving average (EMA)        none                    none (at 0.999 it cost     --ema DECAY (0: none)
+                                                        0.6 points at 15 epochs:
+                                                        docs/RESULTS.md)
     test-time flip              no                      reported beside            --tta
     validation split            5,000                   0 (train on all 50,000)    --val-split
     evaluate every              epoch                   5 epochs (and the last)    --eval-every
