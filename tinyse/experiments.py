@@ -21,7 +21,7 @@ The studies of the fast recipe (``python -m tinyse.train --recipe fast``), kept 
     python -m tinyse.experiments twenty-epochs --seeds 0   # SE-ResNet-20, the recipe as it stands, 20 epochs
     python -m tinyse.experiments light-aug --jobs 2        # two runs at a time, one thread each
     python -m tinyse.experiments tune --seeds 0 1          # the first recipe's settings moved one at a time
-    python -m tinyse.experiments full-budget --seeds 0 1   # lr, batch, zero-init, wd, smoothing, r, epochs, aug
+    python -m tinyse.experiments full-budget --seeds 0 1   # lr, batch, zero-init, wd, smoothing, r, epochs, aug, ema
 
 A study's folder is docs/runs/STUDY (run from the repository's root). Each finished run leaves
 there, beside tinyse.train's files, summary.json (its final numbers, time, threads, machine and
@@ -34,8 +34,9 @@ ingredients on the validation accuracy; ``tune`` moves one setting at a time (pe
 decay) over the recipe's whole schedule of 15 epochs, on 15,000 images with 5,000 others held out,
 and compares on the validation accuracy too; ``full-budget`` moves a setting the same way over the
 whole budget (45,000 images, 5,000 held out): the peak lr 0.2 against 0.4, batch 64, zero-init, weight decay
-1e-4, no label smoothing, SE at r=4, batch 256, 20 epochs and lighter augmentation (the recipe since); the others
-train on all 50,000 images for the recipe's 15 epochs and report the test accuracy. The statistics:
+1e-4, no label smoothing, SE at r=4, batch 256, 20 epochs and lighter augmentation (the recipe since), and a moving
+average of the weights; the others train on all 50,000 images for the recipe's 15 epochs (``twenty-epochs``: for 20)
+and report the test accuracy. The statistics:
 mean ± sample std over seeds, and each variant minus the baseline (the full recipe, the plain model,
 tinyse) paired by seed, with its 95% t-interval.
 
