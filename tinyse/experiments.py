@@ -224,6 +224,11 @@ def full_budget_variants(model):
             variant("light-aug+ema=0.999", model, *LIGHT_AUGMENTATION, "--ema", "0.999")]
 
 
+def twenty_epochs_variants(model):
+    """The one arm of the twenty-epochs study: its budget already holds the 20 epochs."""
+    return [variant("epochs=20", model)]
+
+
 def library_variants(model):
     """The same model and recipe trained by tinyse and by PyTorch."""
     return [variant("tinyse", model), variant("torch", model, library="torch")]
@@ -890,8 +895,7 @@ STUDY_HELP = {
     "full-budget": "the fast recipe at peak lr 0.2 and 0.4, at batch 64, with zero-initialised residual "
                    "branches, weight decay 1e-4, no label smoothing, SE at r=4, batch 256, 20 epochs and lighter "
                    "augmentation (with label smoothing 0.1 and 0.2, weight decay 1e-3, 1-pixel crops, a moving "
-                   "average of the weights), on 45,000 "
-                   "images, 5,000 held out (validation)",
+                   "average of the weights), on 45,000 images, 5,000 held out (validation)",
     "se-vs-plain": "ResNet-20 against SE-ResNet-20 with the first fast recipe (peak lr 0.2, 4-pixel crops, random "
                    "flips), paired by seed",
     "no-smoothing": "the same without label smoothing (the full-budget study's best arm), paired by seed",
@@ -914,7 +918,7 @@ def study_variants(study, model):
     if model not in models.list():
         raise ValueError(f"unknown model {model!r}; known models: {', '.join(models.list())}")
     variants = {"recipe": recipe_variants, "tune": tune_variants, "full-budget": full_budget_variants,
-                "twenty-epochs": lambda name: [variant("epochs=20", name)]}.get(study, library_variants)(model)
+                "twenty-epochs": twenty_epochs_variants}.get(study, library_variants)(model)
     return model, variants, variants[0]["label"]
 
 
