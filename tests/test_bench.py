@@ -125,6 +125,8 @@ def test_quick_run_writes_the_report(tmp_path, capsys):
         assert report["se_overhead"]["train step"][library] == pytest.approx(expected)
     assert report["memory"] is None  # the pattern does not match "memory"
     table = capsys.readouterr().out
+    kernels_line = next(line for line in table.splitlines() if line.startswith("kernels"))
+    assert report["header"]["blas_kernels_source"] in kernels_line
     assert "relu fwd+bwd" in table and "2x64x8x8" in table and "SE overhead" in table
 
 
@@ -225,3 +227,15 @@ def test_launches_per_step_stay_within_the_budget(model, train):
         counts = count_launches(model, 2, train=train)
     assert counts["kernel_launches"] <= LAUNCH_BUDGET[model, train], format_counts(counts)
     assert counts["host_syncs"] == 0
+
+
+def test_the_header_names_the_blas_kernels_and_who_chose_them(monkeypatch):
+    from threadpoolctl import threadpool_info
+
+    from tinyse.bench.machine import blas_kernels
+
+    loaded = [pool["architecture"] for pool in threadpool_info() if pool.get("internal_api") == "openblas"]
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
+    assert blas_kernels() == (loaded[0] if loaded else None, "OPENBLAS_CORETYPE=Haswell")
+    monkeypatch.delenv("OPENBLAS_CORETYPE")
+    assert blas_kernels()[1] == "OpenBLAS's choice for this CPU"

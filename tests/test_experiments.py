@@ -470,6 +470,20 @@ def test_the_light_aug_torch_check_trains_what_the_light_aug_study_trains_for_se
             assert (config["model"], config["crop_padding"], config["flip"]) == ("se_resnet20", 2, "alternate")
 
 
+def test_the_reduction_study_compares_r4_with_the_light_aug_studys_se_resnet20_runs():
+    """Its r=16 runs are the light-aug study's SE-ResNet-20 runs copied in: valid only while the configs agree."""
+    model, variants, baseline = experiments.study_variants("light-aug-reduction", "se_resnet20")
+    assert (model, baseline, [v["folder"] for v in variants]) == ("se_resnet20", "r=16", ["r-16", "r-4"])
+    _, compared, _ = experiments.study_variants("light-aug", "resnet20")
+    for seed in (0, 1):
+        light = experiments.run_config("a", compared[1], seed, experiments.STUDIES["light-aug"]["budget"])
+        r16, r4 = (experiments.run_config("b", v, seed, experiments.STUDIES["light-aug-reduction"]["budget"])
+                   for v in variants)
+        assert experiments.differences(r16, light) == {}
+        assert experiments.differences(r4, light) == {"reduction": (4, None)}
+    assert experiments.STUDIES["light-aug-reduction"]["metric"] == "test_acc"
+
+
 def test_two_runs_at_a_time_each_in_its_own_process_with_one_thread(fake_cifar10):
     stopped, results = run_compare(fake_cifar10, seeds=[0], jobs=2)
     assert not stopped and len(results["runs"]) == 2

@@ -148,6 +148,9 @@ STUDIES = {
     # a measure on the test set of how far 15 epochs stop from where a third more would take it.
     "twenty-epochs": {"budget": dict(LIGHT_FAST, epochs=20), "metric": "test_acc", "seeds": (0, 1),
                       "model": "se_resnet20"},
+    # The reduction ratio near convergence: SE-ResNet-20 at r=4 against the recipe's r=16 on the test set. Its r=16
+    # runs are the light-aug study's SE-ResNet-20 runs (the same config, a test checks it), copied in.
+    "light-aug-reduction": {"budget": LIGHT_FAST, "metric": "test_acc", "seeds": (0, 1), "model": "se_resnet20"},
     # The recipe at the tune study's peak lr 0.4 (as it stood before light-aug): ResNet-20 and SE-ResNet-20.
     "fast": {"budget": dict(FIRST_FAST, lr=0.4), "metric": "test_acc", "seeds": (0, 1, 2), "model": "resnet20"},
 }
@@ -227,6 +230,12 @@ def full_budget_variants(model):
 def twenty_epochs_variants(model):
     """The one arm of the twenty-epochs study: its budget already holds the 20 epochs."""
     return [variant("epochs=20", model)]
+
+
+def reduction_variants(model):
+    """SE at the recipe's reduction (16, no flag: the light-aug study's runs) and at 4: stage 1's excitation has
+    4 hidden units instead of 1, stage 3's 16 instead of 4."""
+    return [variant("r=16", model), variant("r=4", model, "--reduction", "4")]
 
 
 def library_variants(model):
@@ -521,10 +530,10 @@ def machine(library):
     (and torch's version for torch runs)."""
     from importlib.metadata import PackageNotFoundError, version
 
-    from tinyse.bench.machine import blas_name, cpu_model
+    from tinyse.bench.machine import blas_kernels, blas_name, cpu_model
 
     found = {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
-             "numpy": np.__version__, "blas": blas_name(),
+             "numpy": np.__version__, "blas": blas_name(), "blas_kernels": "{} ({})".format(*blas_kernels()),
              # other work on the cores slows a run (PyTorch's threads most: 4x at a load of 6 on 2 cores, measured)
              "load_average_1_5_15_min": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
     if library == "torch":
@@ -753,6 +762,7 @@ TITLES = {
     "torch-check": "{model}, the same recipe in tinyse and in PyTorch",
     "light-aug-torch": "{model}, the fast recipe (peak lr 0.2, lighter augmentation) in tinyse and in PyTorch",
     "twenty-epochs": "{model}, the fast recipe as it stands stretched to 20 epochs",
+    "light-aug-reduction": "{model}, the fast recipe as it stands, SE at reduction 4 against 16",
 }
 # How to read a study's variant labels, under its recipe line.
 VARIANTS_READ = {
@@ -772,6 +782,8 @@ VARIANTS_READ = {
                    "`light-aug+ema=0.999` evaluates a moving average of the weights (decay 0.999 per step; its "
                    "raw weights are light-aug's, and its raw column should match that arm). Here all "
                    "train on 45,000 images and are compared on the 5,000 held out.",
+    "light-aug-reduction": "`r=16` is the recipe's SE (the light-aug study's SE-ResNet-20 runs, copied in); `r=4` "
+                           "gives every SE block four times the hidden units (stage 1: 4 instead of 1).",
 }
 METRIC_NAMES = {"test_acc": "test acc %", "val_acc": "val acc %"}
 
@@ -907,6 +919,8 @@ STUDY_HELP = {
     "light-aug-torch": "the fast recipe as it stands (the light-aug study's) trained by tinyse and by PyTorch",
     "twenty-epochs": "the fast recipe as it stands stretched to 20 epochs (warm-up 4): what 15 epochs cost, on the "
                      "test set",
+    "light-aug-reduction": "SE-ResNet-20 with the fast recipe as it stands at reduction 4 against 16 (the light-aug "
+                           "study's runs), paired by seed, on the test set",
 }
 
 
@@ -918,7 +932,8 @@ def study_variants(study, model):
     if model not in models.list():
         raise ValueError(f"unknown model {model!r}; known models: {', '.join(models.list())}")
     variants = {"recipe": recipe_variants, "tune": tune_variants, "full-budget": full_budget_variants,
-                "twenty-epochs": twenty_epochs_variants}.get(study, library_variants)(model)
+                "twenty-epochs": twenty_epochs_variants,
+                "light-aug-reduction": reduction_variants}.get(study, library_variants)(model)
     return model, variants, variants[0]["label"]
 
 

@@ -7,7 +7,7 @@ import sys
 
 from tinyse.backend import module_for_device
 from tinyse.bench.epoch import torch_epoch
-from tinyse.bench.machine import blas_threads, cupy_is_emulated, header, torch_device, torch_reaches
+from tinyse.bench.machine import blas_kernels, blas_threads, cupy_is_emulated, header, torch_device, torch_reaches
 from tinyse.bench.peak_memory import MEMORY_MODEL, measure_memory, memory_child
 from tinyse.bench.report import format_report
 from tinyse.bench.rows import LIBRARIES, build_rows
@@ -139,6 +139,10 @@ def main(argv=None):
         print(f"warning: NumPy's BLAS runs {blas if blas is not None else 'its default number of'} threads "
               f"({source}), not --threads {args.threads}: it fixed them when NumPy was imported. "
               "`python -m tinyse.bench` sets them itself.", file=sys.stderr)
+    kernels, kernels_source = blas_kernels()
+    if args.device == "cpu" and os.environ.get("OPENBLAS_CORETYPE"):
+        print(f"warning: {kernels_source} holds NumPy's OpenBLAS to its {kernels or '?'} kernels; to time the "
+              "ones it picks for this CPU, unset it (and OPENBLAS_L2_SIZE) for this command", file=sys.stderr)
     import torch
 
     previous_threads = torch.get_num_threads()

@@ -76,6 +76,24 @@ def blas_threads():
     return None, "no thread variable set: the BLAS default (usually every core)"
 
 
+def blas_kernels():
+    """Which kernels NumPy's OpenBLAS runs ("SkylakeX", "Haswell", ...; None when unknown), and why.
+
+    OpenBLAS picks them for the CPU when NumPy loads it, unless OPENBLAS_CORETYPE names others (some machines set
+    it, with OPENBLAS_L2_SIZE, for old OpenBLAS builds that fail on their CPU). It matters: on a 2-core AMD EPYC
+    with AVX-512 (Zen 5), OPENBLAS_CORETYPE=Haswell held OpenBLAS to its AVX2 kernels and the SE-ResNet-20 step
+    took 2.03x PyTorch's time; with the SkylakeX kernels OpenBLAS picks there by itself, 1.45x (2026-12-04).
+    """
+    forced = os.environ.get("OPENBLAS_CORETYPE")
+    why = f"OPENBLAS_CORETYPE={forced}" if forced else "OpenBLAS's choice for this CPU"
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return None, why
+    kernels = [pool.get("architecture") for pool in threadpool_info() if pool.get("internal_api") == "openblas"]
+    return (kernels[0] if kernels else None), why
+
+
 # --- the header ---------------------------------------------------------------------------------
 def blas_name():
     try:
@@ -115,6 +133,7 @@ def header(device, threads, libraries=("tinyse", "torch")):
     import torch
 
     blas, source = blas_threads()
+    kernels, kernels_source = blas_kernels()
     return {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "machine": cpu_model(),
@@ -125,6 +144,8 @@ def header(device, threads, libraries=("tinyse", "torch")):
         "blas": blas_name(),
         "blas_threads": blas,
         "blas_threads_source": source,
+        "blas_kernels": kernels,
+        "blas_kernels_source": kernels_source,
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "threads": threads,
