@@ -475,7 +475,7 @@ def test_the_reduction_study_compares_r4_with_the_light_aug_studys_se_resnet20_r
     model, variants, baseline = experiments.study_variants("light-aug-reduction", "se_resnet20")
     assert (model, baseline, [v["folder"] for v in variants]) == ("se_resnet20", "r=16", ["r-16", "r-4"])
     _, compared, _ = experiments.study_variants("light-aug", "resnet20")
-    for seed in (0, 1):
+    for seed in experiments.STUDIES["light-aug-reduction"]["seeds"]:
         light = experiments.run_config("a", compared[1], seed, experiments.STUDIES["light-aug"]["budget"])
         r16, r4 = (experiments.run_config("b", v, seed, experiments.STUDIES["light-aug-reduction"]["budget"])
                    for v in variants)

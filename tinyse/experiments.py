@@ -150,7 +150,8 @@ STUDIES = {
                       "model": "se_resnet20"},
     # The reduction ratio near convergence: SE-ResNet-20 at r=4 against the recipe's r=16 on the test set. Its r=16
     # runs are the light-aug study's SE-ResNet-20 runs (the same config, a test checks it), copied in.
-    "light-aug-reduction": {"budget": LIGHT_FAST, "metric": "test_acc", "seeds": (0, 1), "model": "se_resnet20"},
+    "light-aug-reduction": {"budget": LIGHT_FAST, "metric": "test_acc", "seeds": (0, 1, 2),
+                            "model": "se_resnet20"},
     # The recipe at the tune study's peak lr 0.4 (as it stood before light-aug): ResNet-20 and SE-ResNet-20.
     "fast": {"budget": dict(FIRST_FAST, lr=0.4), "metric": "test_acc", "seeds": (0, 1, 2), "model": "resnet20"},
 }

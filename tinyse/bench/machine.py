@@ -82,7 +82,7 @@ def blas_kernels():
     OpenBLAS picks them for the CPU when NumPy loads it, unless OPENBLAS_CORETYPE names others (some machines set
     it, with OPENBLAS_L2_SIZE, for old OpenBLAS builds that fail on their CPU). It matters: on a 2-core AMD EPYC
     with AVX-512 (Zen 5), OPENBLAS_CORETYPE=Haswell held OpenBLAS to its AVX2 kernels and the SE-ResNet-20 step
-    took 2.03x PyTorch's time; with the SkylakeX kernels OpenBLAS picks there by itself, 1.45x (2026-12-04).
+    took 2.02x PyTorch's time; with the SkylakeX kernels OpenBLAS picks there by itself, 1.50x (2026-12-04).
     """
     forced = os.environ.get("OPENBLAS_CORETYPE")
     why = f"OPENBLAS_CORETYPE={forced}" if forced else "OpenBLAS's choice for this CPU"
