@@ -60,16 +60,20 @@ def thread_env(threads):
     return {**os.environ, **{var: str(threads) for var in BLAS_ENV}}
 
 
-def blas_threads():
-    """(threads NumPy's BLAS uses or None, where that number comes from)."""
+def blas_pool():
+    """threadpoolctl's record of NumPy's BLAS (its threads, and for OpenBLAS its kernels), or None without it."""
     try:
         from threadpoolctl import threadpool_info
     except ImportError:
-        threadpool_info = None
-    if threadpool_info is not None:
-        pools = [pool for pool in threadpool_info() if pool.get("user_api") == "blas"]
-        if pools:
-            return pools[0]["num_threads"], "threadpoolctl"
+        return None
+    return next((pool for pool in threadpool_info() if pool.get("user_api") == "blas"), None)
+
+
+def blas_threads():
+    """(threads NumPy's BLAS uses or None, where that number comes from)."""
+    pool = blas_pool()
+    if pool is not None:
+        return pool["num_threads"], "threadpoolctl"
     for var in BLAS_ENV:
         if os.environ.get(var, "").isdigit():
             return int(os.environ[var]), var
@@ -86,12 +90,7 @@ def blas_kernels():
     """
     forced = os.environ.get("OPENBLAS_CORETYPE")
     why = f"OPENBLAS_CORETYPE={forced}" if forced else "OpenBLAS's choice for this CPU"
-    try:
-        from threadpoolctl import threadpool_info
-    except ImportError:
-        return None, why
-    kernels = [pool.get("architecture") for pool in threadpool_info() if pool.get("internal_api") == "openblas"]
-    return (kernels[0] if kernels else None), why
+    return (blas_pool() or {}).get("architecture"), why
 
 
 # --- the header ---------------------------------------------------------------------------------

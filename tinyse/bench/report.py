@@ -20,8 +20,7 @@ def format_report(report):
         f"tinyse vs PyTorch  {info['date']}",
         f"machine   {info['machine']}, {info['cores']} cores ({info['platform']})",
         f"numpy     {info['numpy']}, BLAS {info['blas']}, {blas_threads_text} threads ({info['blas_threads_source']})",
-        *([f"kernels   OpenBLAS {info['blas_kernels'] or '?'} ({info['blas_kernels_source']})"]
-          if "blas_kernels_source" in info else []),
+        f"kernels   OpenBLAS {info['blas_kernels'] or '?'} ({info['blas_kernels_source']})",
         f"torch     {info['torch']}, {info['torch_threads']} threads (eager, NCHW){torch_text}",
         f"device    {info['device']}{gpu}, float32, --threads {info['threads']}",
         f"timing    median of {repeats['op']} (ops) / {repeats['model']} (models) alternating runs, "
