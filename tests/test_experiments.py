@@ -484,6 +484,17 @@ def test_the_reduction_study_compares_r4_with_the_light_aug_studys_se_resnet20_r
     assert experiments.STUDIES["light-aug-reduction"]["metric"] == "test_acc"
 
 
+def test_the_deep_study_is_the_light_aug_study_on_resnet56():
+    """ResNet-56 against SE-ResNet-56: the recipe as it stands, only the depth changed."""
+    model, variants, baseline = experiments.study_variants("deep", experiments.STUDIES["deep"]["model"])
+    assert (model, baseline, [v["model"] for v in variants]) == ("resnet56", "resnet56", ["resnet56", "se_resnet56"])
+    _, light_variants, _ = experiments.study_variants("light-aug", "resnet20")
+    for deep, light in zip(variants, light_variants):
+        config = experiments.run_config("a", deep, 0, experiments.STUDIES["deep"]["budget"])
+        wanted = experiments.run_config("a", light, 0, experiments.STUDIES["light-aug"]["budget"])
+        assert experiments.differences(config, wanted) == {"model": (deep["model"], light["model"])}
+
+
 def test_two_runs_at_a_time_each_in_its_own_process_with_one_thread(fake_cifar10):
     stopped, results = run_compare(fake_cifar10, seeds=[0], jobs=2)
     assert not stopped and len(results["runs"]) == 2
