@@ -368,6 +368,14 @@ def test_every_committed_run_matches_its_studys_budget_as_the_code_stands(name):
         assert experiments.differences(json.loads(path.read_text()), wanted) == {}, path
 
 
+def test_every_study_folder_is_in_the_runs_index_with_its_command():
+    """docs/runs/README.md is how a reader finds a study: a folder without its row there is lost."""
+    index = (RUNS / "README.md").read_text()
+    for folder in sorted(p for p in RUNS.iterdir() if p.is_dir()):
+        assert folder.name in experiments.STUDIES, folder
+        assert f"| `{folder.name}/` | `python -m tinyse.experiments {folder.name} --seeds" in index, folder.name
+
+
 def test_every_fast_study_pins_the_settings_the_recipe_has_moved_since_it_began():
     """The recipe's peak lr went 0.2 -> 0.4 -> 0.2 and its augmentation to 2-pixel crops and the alternating flip:
     a study that leaves one of those to the recipe would change its runs each time the recipe moves."""
