@@ -503,6 +503,10 @@ def test_the_deep_study_is_the_light_aug_study_on_resnet56():
         assert experiments.differences(config, wanted) == {"model": (deep["model"], light["model"])}
 
 
+def test_every_study_has_a_title_for_its_results():
+    assert set(experiments.STUDIES) <= set(experiments.TITLES)
+
+
 def test_two_runs_at_a_time_each_in_its_own_process_with_one_thread(fake_cifar10):
     stopped, results = run_compare(fake_cifar10, seeds=[0], jobs=2)
     assert not stopped and len(results["runs"]) == 2

@@ -764,6 +764,7 @@ TITLES = {
     "no-smoothing": "{model} against se_{model}, the first fast recipe without label smoothing",
     "light-aug": "{model} against se_{model}, the fast recipe (peak lr 0.2, lighter augmentation)",
     "fast": "{model} against se_{model}, the fast recipe at peak lr 0.4",
+    "deep": "{model} against se_{model}, the fast recipe as it stands (peak lr 0.2, lighter augmentation)",
     "torch-check": "{model}, the same recipe in tinyse and in PyTorch",
     "light-aug-torch": "{model}, the fast recipe (peak lr 0.2, lighter augmentation) in tinyse and in PyTorch",
     "twenty-epochs": "{model}, the fast recipe as it stands stretched to 20 epochs",
