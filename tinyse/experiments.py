@@ -220,7 +220,8 @@ def full_budget_variants(model):
     1,000 steps, 3 epochs; the ingredient study's 5-epoch budget was too short to judge it), and the schedule's
     shape: a 1-epoch or a 5-epoch warm-up instead of 3, a cosine decay (a linear 3-epoch warm-up times a cosine
     over the whole run: longer near the peak and near zero than the straight line), and Nesterov momentum 0.95
-    instead of 0.9 (a longer average of the gradients, twice the effective step at the same lr)."""
+    instead of 0.9 (a longer average of the gradients, twice the effective step lr / (1 - momentum) at the same
+    lr), also at peak lr 0.1 (the recipe's effective step, only the longer average)."""
     return [variant("fast", model), variant("lr=0.4", model, "--lr", "0.4"),
             variant("batch=64", model, "--batch-size", "64"), variant("zero-init", model, "--zero-init-residual"),
             variant("wd=1e-4", model, "--weight-decay", "1e-4"),
@@ -236,7 +237,8 @@ def full_budget_variants(model):
             variant("light-aug+warmup=1", model, *LIGHT_AUGMENTATION, "--warmup-epochs", "1"),
             variant("light-aug+cosine", model, *LIGHT_AUGMENTATION, "--schedule", "cosine", "--warmup-epochs", "3"),
             variant("light-aug+warmup=5", model, *LIGHT_AUGMENTATION, "--warmup-epochs", "5"),
-            variant("light-aug+momentum=0.95", model, *LIGHT_AUGMENTATION, "--momentum", "0.95")]
+            variant("light-aug+momentum=0.95", model, *LIGHT_AUGMENTATION, "--momentum", "0.95"),
+            variant("light-aug+momentum=0.95+lr=0.1", model, *LIGHT_AUGMENTATION, "--momentum", "0.95", "--lr", "0.1")]
 
 
 def twenty_epochs_variants(model):
@@ -793,8 +795,13 @@ VARIANTS_READ = {
                    "instead of at random; `light-aug+ls=0.2` adds label smoothing 0.2 to it, `light-aug+wd=1e-3` "
                    "weight decay 1e-3; `light-aug+pad=1` crops from 1-pixel padding instead of 2; "
                    "`light-aug+ema=0.999` evaluates a moving average of the weights (decay 0.999 per step; its "
-                   "raw weights are light-aug's, and its raw column should match that arm). Here all "
-                   "train on 45,000 images and are compared on the 5,000 held out.",
+                   "raw weights are light-aug's, and its raw column should match that arm); "
+                   "`light-aug+warmup=1` and `light-aug+warmup=5` rise to the peak over 1 and 5 epochs instead "
+                   "of 3; `light-aug+cosine` decays along a cosine over the whole run (times a linear 3-epoch "
+                   "warm-up) instead of a straight line; `light-aug+momentum=0.95` trains with Nesterov momentum "
+                   "0.95 instead of 0.9 (twice the effective step lr / (1 - momentum)), `+lr=0.1` at half the "
+                   "peak lr (the recipe's effective step). Here all train on 45,000 images and are compared on "
+                   "the 5,000 held out.",
     "light-aug-reduction": "`r=16` is the recipe's SE (the light-aug study's SE-ResNet-20 runs, copied in); `r=4` "
                            "gives every SE block four times the hidden units (stage 1: 4 instead of 1).",
 }
