@@ -416,6 +416,16 @@ def test_the_recipe_study_runs_records_and_compares_on_validation(fake_cifar10, 
     assert no_ema["weights"]["of"] == "raw"
 
 
+def test_a_study_trains_only_the_arms_it_is_given_and_refuses_an_unknown_one(fake_cifar10, capsys):
+    study(fake_cifar10, "recipe", "--seeds", "0", "--val-split", "20", "--variants", "no-ema")
+    out = fake_cifar10 / "runs" / "recipe"
+    assert sorted(p.parent.name for p in out.glob("*/seed0")) == ["no-ema"]
+    assert [(r["variant"], r["seed"]) for r in json.loads((out / "results.json").read_text())["runs"]] == [
+        ("no-ema", 0)]
+    with pytest.raises(SystemExit, match="no arm 'no-adam' in the recipe study; its arms: fast, no-onecycle"):
+        study(fake_cifar10, "recipe", "--seeds", "0", "--val-split", "20", "--variants", "no-ema", "no-adam")
+
+
 def committed_copy(source, destination):
     """What a fresh clone of the repository holds of a study: the files git keeps."""
     kept = ("experiment.json", "results.json", "results.md", "results.png", "config.json", "metrics.jsonl",

@@ -910,6 +910,8 @@ def parse_args(argv=None):
         add("--batch-size", type=int, help="default the recipe's (128); scale --lr with it")
         add("--lr", type=float, help=f"the peak lr (default {budget.get('lr', 'the recipe’s: 0.2')})")
         add("--eval-every", type=int, help=f"default {budget.get('eval_every', 'the recipe’s: 5')}")
+        add("--variants", nargs="+", metavar="LABEL",
+            help="train only these arms (their labels, as in results.md); the results still cover every arm run")
         add("--out", help=f"study folder (default docs/runs/{study})")
         add("--data-dir", help="where CIFAR is (default: $TINYSE_DATA, else ~/.cache/tinyse/data)")
         add("--device", default="cpu", choices=("cpu", "gpu"))
@@ -965,6 +967,13 @@ def run_study(args):
     recipe = dict(study["budget"], **{k: getattr(args, k) for k in STUDY_FLAGS if getattr(args, k) is not None})
     out = args.out or os.path.join("docs", "runs", args.command)
     model, variants, baseline = study_variants(args.command, args.model)
+    if args.variants:
+        labels = [v["label"] for v in variants]
+        unknown = [label for label in args.variants if label not in labels]
+        if unknown:
+            raise ValueError(f"no arm {', '.join(map(repr, unknown))} in the {args.command} study; its arms: "
+                             f"{', '.join(labels)}")
+        variants = [v for v in variants if v["label"] in args.variants]
     return out, run_experiment(args.command, model, variants, args.seeds, out, recipe, args.device, args.data_dir,
                                args.progress, jobs=args.jobs, base={}, baseline=baseline, metric=study["metric"])
 
