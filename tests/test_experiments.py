@@ -323,7 +323,8 @@ def test_the_full_budget_study_moves_one_setting_over_the_whole_training_set_les
                        "light-aug+warmup=5": {"crop_padding": 2, "flip": "alternate", "warmup_epochs": 5.0},
                        "light-aug+momentum=0.95": {"crop_padding": 2, "flip": "alternate", "momentum": 0.95},
                        "light-aug+momentum=0.95+lr=0.1": {"crop_padding": 2, "flip": "alternate", "momentum": 0.95,
-                                                          "lr": 0.1}}
+                                                          "lr": 0.1},
+                       "light-aug+whiten": {"crop_padding": 2, "flip": "alternate", "whiten_stem": True}}
 
 
 @pytest.mark.parametrize("study, moved", [("no-smoothing", {"label_smoothing": (0.1, 0.0)}),

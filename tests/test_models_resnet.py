@@ -23,9 +23,10 @@ from tinyse.models.resnet import (
     ResidualUnit,
     resnet_basic,
     resnet_bottleneck,
+    whiten_stem,
     zero_init_residuals,
 )
-from tinyse.nn import BatchNorm2d, Conv2d, SEBlock, manual_seed
+from tinyse.nn import BatchNorm2d, Conv2d, SEBlock, init, manual_seed
 from tinyse.tensor import Tensor
 from tinyse.testing.twins import (
     PAPER_SE,
@@ -353,6 +354,49 @@ def test_zero_init_residuals_starts_every_unit_as_relu_of_its_shortcut(model):
         net.train(training)
         out = units[0](x).data
         assert np.array_equal(out, np.maximum(units[0].shortcut(x).data, 0))
+
+
+def correlated_images(n=64, size=12, seed=0):
+    """Images whose neighbouring pixels and channels are correlated, as in photographs: noise smoothed over
+    2x2 neighbourhoods and mixed across the 3 channels. (n, 3, size, size) float64."""
+    rng = np.random.default_rng(seed)
+    noise = rng.standard_normal((n, 3, size + 1, size + 1))
+    smooth = noise[..., 1:, 1:] + noise[..., :-1, 1:] + noise[..., 1:, :-1] + noise[..., :-1, :-1]
+    return np.einsum("dc,nchw->ndhw", np.array([[1.0, 0.5, 0.2], [0.5, 1.0, 0.5], [0.2, 0.5, 1.0]]), smooth)
+
+
+def test_whiten_stem_gives_uncorrelated_unit_variance_outputs_along_the_leading_directions_of_the_patches():
+    """Reference: the patches cut by torch's unfold and their principal directions from an SVD. The stem's 16
+    filters are + and - 8 directions: the 8 leading ones of the patches (the same subspace), and their outputs on
+    the same images (torch's conv, no padding) are uncorrelated with variance lam / (lam + eps), here >= 0.99."""
+    images = correlated_images()
+    net = models.create("se_resnet20", seed=0)
+    whiten_stem(net, images)
+    weight = net.conv1.weight.data
+    assert weight.shape == (16, 3, 3, 3) and weight.dtype == np.float32
+    np.testing.assert_array_equal(weight[8:], -weight[:8])
+    patches = torch.nn.functional.unfold(torch.from_numpy(images), 3).transpose(1, 2).reshape(-1, 27).numpy()
+    leading = np.linalg.svd(patches, full_matrices=False)[2][:8]  # (8, 27), orthonormal rows
+    directions = weight[:8].reshape(8, 27).astype(np.float64)
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    np.testing.assert_allclose(directions @ directions.T, np.eye(8), atol=1e-5)  # orthogonal
+    np.testing.assert_allclose(leading.T @ leading @ directions.T, directions.T, atol=1e-4)  # in the leading span
+    outputs = torch.nn.functional.conv2d(torch.from_numpy(images), torch.from_numpy(weight).double()).numpy()
+    flat = outputs.transpose(1, 0, 2, 3).reshape(16, -1)
+    np.testing.assert_allclose(flat[:8] @ flat[:8].T / flat.shape[1], np.eye(8), atol=0.01)
+
+
+def test_whitening_refuses_what_it_cannot_build():
+    images = correlated_images(n=4)
+    with pytest.raises(ValueError, match="out_channels must be even and at most 2 \\* 27"):
+        init.whitening_filters(images, 15, 3)
+    with pytest.raises(ValueError, match="out_channels must be even and at most 2 \\* 27"):
+        init.whitening_filters(images, 56, 3)
+    assert init.whitening_filters(images, 54, 3).shape == (54, 3, 3, 3)  # every direction, both signs
+    with pytest.raises(ValueError, match="smaller than the 3x3 kernel"):
+        init.whitening_filters(images[..., :2, :2], 16, 3)
+    with pytest.raises(ValueError, match="whiten_stem: CifarInception is not a CIFAR ResNet"):
+        whiten_stem(models.create("inception"), images)
 
 
 @pytest.mark.parametrize("name", ["se_resnet20", "se_resnext29_4x8d"])

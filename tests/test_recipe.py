@@ -14,8 +14,10 @@ from tinyse import experiments
 from tinyse import train as train_module
 from tinyse.bench import train_torch as train_torch_module
 from tinyse.checkpoint import load_checkpoint, load_ema
+from tinyse.data import normalize
 from tinyse.evaluate import evaluate_checkpoint
 from tinyse.evaluate import main as evaluate_main
+from tinyse.nn.init import whitening_filters
 from tinyse.optim import param_groups
 from tinyse.train import RECIPES, config_from_args, parse_args, train
 
@@ -68,6 +70,7 @@ def test_fast_sets_every_ingredient():
     (["--schedule", "cosine"], "warmup_epochs", 0.0),  # other schedules: no warm-up unless asked
     (["--lr", "0.8", "--batch-size", "256"], "lr", 0.8),  # the lr is taken as given, not scaled
     (["--zero-init-residual"], "zero_init_residual", True),
+    (["--whiten-stem"], "whiten_stem", True),
     (["--crop-padding", "4"], "crop_padding", 4),  # He et al.'s augmentation, one half at a time
     (["--flip", "random"], "flip", "random"),
 ])
@@ -120,6 +123,23 @@ def test_zero_init_residual_starts_the_model_and_its_pytorch_twin_with_every_bra
     assert "residual branches start at 0" in "\n".join(train_module.describe_recipe(run))
     with pytest.raises(ValueError, match="--zero-init-residual: inception has no residual units"):
         train_module.build_model(config(fake_cifar10, "--model", "inception", "--zero-init-residual"), 10)
+
+
+def test_whiten_stem_starts_the_stem_from_the_first_training_images_and_the_pytorch_twin_refuses_it(fake_cifar10):
+    run = config(fake_cifar10, "--recipe", "fast", "--whiten-stem")
+    assert not config(fake_cifar10, "--recipe", "fast")["whiten_stem"]  # off unless asked
+    _, loaders = train_module.build_data(run)
+    train_loader = loaders["train"]
+    whitened = train_module.build_model(run, 10, train_loader).state_dict()
+    plain = train_module.build_model(config(fake_cifar10, "--recipe", "fast"), 10).state_dict()
+    images = normalize(train_loader.images[: train_module.WHITENING_IMAGES], train_loader.mean, train_loader.std)
+    np.testing.assert_array_equal(whitened["conv1.weight"], whitening_filters(images, 16, 3))
+    assert all(np.array_equal(whitened[k], plain[k]) for k in plain if k != "conv1.weight")  # nothing else moved
+    assert "stem whitened" in "\n".join(train_module.describe_recipe(run))
+    with pytest.raises(ValueError, match="--whiten-stem: the stem's filters need the training images"):
+        train_module.build_model(run, 10)
+    with pytest.raises(ValueError, match="--whiten-stem: the PyTorch twin starts from tinyse's Kaiming-normal stem"):
+        train_torch_module.build_twin(run, 10, "cpu")
 
 
 @pytest.mark.parametrize("main, argv", [

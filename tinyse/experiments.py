@@ -21,7 +21,7 @@ The studies of the fast recipe (``python -m tinyse.train --recipe fast``), kept 
     python -m tinyse.experiments twenty-epochs --seeds 0   # SE-ResNet-20, the recipe as it stands, 20 epochs
     python -m tinyse.experiments light-aug --jobs 2        # two runs at a time, one thread each
     python -m tinyse.experiments tune --seeds 0 1          # the first recipe's settings moved one at a time
-    python -m tinyse.experiments full-budget --seeds 0 1   # lr, batch, zero-init, wd, smoothing, r, epochs, aug, ema
+    python -m tinyse.experiments full-budget --seeds 0 1   # lr, batch, zero-init, wd, smoothing, r, aug, ...
 
 A study's folder is docs/runs/STUDY (run from the repository's root). Each finished run leaves
 there, beside tinyse.train's files, summary.json (its final numbers, time, threads, machine and
@@ -34,11 +34,11 @@ ingredients on the validation accuracy; ``tune`` moves one setting at a time (pe
 decay) over the recipe's whole schedule of 15 epochs, on 15,000 images with 5,000 others held out,
 and compares on the validation accuracy too; ``full-budget`` moves a setting the same way over the
 whole budget (45,000 images, 5,000 held out): the peak lr 0.2 against 0.4, batch 64, zero-init, weight decay
-1e-4, no label smoothing, SE at r=4, batch 256, 20 epochs and lighter augmentation (the recipe since), and a moving
-average of the weights; the others train on all 50,000 images for the recipe's 15 epochs (``twenty-epochs``: for 20)
-and report the test accuracy. The statistics:
-mean ± sample std over seeds, and each variant minus the baseline (the full recipe, the plain model,
-tinyse) paired by seed, with its 95% t-interval.
+1e-4, no label smoothing, SE at r=4, batch 256, 20 epochs and lighter augmentation (the recipe since), and on top of
+it a moving average of the weights, the schedule's shape, momentum 0.95 and a whitened stem; the others
+train on all 50,000 images for the recipe's 15 epochs (``twenty-epochs``: for 20) and report the test accuracy.
+The statistics: mean ± sample std over seeds, and each variant minus the baseline (the full recipe, the plain
+model, tinyse) paired by seed, with its 95% t-interval.
 
 ``--jobs 2`` runs two runs at a time, each in its own process with half the cores' threads. Whether
 that finishes a study sooner than one run at a time on every core depends on how well one run keeps
@@ -221,7 +221,8 @@ def full_budget_variants(model):
     shape: a 1-epoch or a 5-epoch warm-up instead of 3, a cosine decay (a linear 3-epoch warm-up times a cosine
     over the whole run: longer near the peak and near zero than the straight line), and Nesterov momentum 0.95
     instead of 0.9 (a longer average of the gradients, twice the effective step lr / (1 - momentum) at the same
-    lr), also at peak lr 0.1 (the recipe's effective step, only the longer average)."""
+    lr), also at peak lr 0.1 (the recipe's effective step, only the longer average); and the stem conv started
+    as a whitening of the input's 3x3 patches (Jordan 2024's first layer, here trained on: ``--whiten-stem``)."""
     return [variant("fast", model), variant("lr=0.4", model, "--lr", "0.4"),
             variant("batch=64", model, "--batch-size", "64"), variant("zero-init", model, "--zero-init-residual"),
             variant("wd=1e-4", model, "--weight-decay", "1e-4"),
@@ -238,7 +239,8 @@ def full_budget_variants(model):
             variant("light-aug+cosine", model, *LIGHT_AUGMENTATION, "--schedule", "cosine", "--warmup-epochs", "3"),
             variant("light-aug+warmup=5", model, *LIGHT_AUGMENTATION, "--warmup-epochs", "5"),
             variant("light-aug+momentum=0.95", model, *LIGHT_AUGMENTATION, "--momentum", "0.95"),
-            variant("light-aug+momentum=0.95+lr=0.1", model, *LIGHT_AUGMENTATION, "--momentum", "0.95", "--lr", "0.1")]
+            variant("light-aug+momentum=0.95+lr=0.1", model, *LIGHT_AUGMENTATION, "--momentum", "0.95", "--lr", "0.1"),
+            variant("light-aug+whiten", model, *LIGHT_AUGMENTATION, "--whiten-stem")]
 
 
 def twenty_epochs_variants(model):
@@ -800,7 +802,9 @@ VARIANTS_READ = {
                    "of 3; `light-aug+cosine` decays along a cosine over the whole run (times a linear 3-epoch "
                    "warm-up) instead of a straight line; `light-aug+momentum=0.95` trains with Nesterov momentum "
                    "0.95 instead of 0.9 (twice the effective step lr / (1 - momentum)), `+lr=0.1` at half the "
-                   "peak lr (the recipe's effective step). Here all train on 45,000 images and are compared on "
+                   "peak lr (the recipe's effective step); `light-aug+whiten` starts the stem conv's 16 filters as "
+                   "+ and - the 8 leading principal directions of the training images' 3x3 patches, each scaled to "
+                   "unit variance (`--whiten-stem`). Here all train on 45,000 images and are compared on "
                    "the 5,000 held out.",
     "light-aug-reduction": "`r=16` is the recipe's SE (the light-aug study's SE-ResNet-20 runs, copied in); `r=4` "
                            "gives every SE block four times the hidden units (stage 1: 4 instead of 1).",
@@ -929,7 +933,8 @@ STUDY_HELP = {
     "full-budget": "the fast recipe at peak lr 0.2 and 0.4, at batch 64, with zero-initialised residual "
                    "branches, weight decay 1e-4, no label smoothing, SE at r=4, batch 256, 20 epochs and lighter "
                    "augmentation (with label smoothing 0.1 and 0.2, weight decay 1e-3, 1-pixel crops, a moving "
-                   "average of the weights, a 1- or 5-epoch warm-up, a cosine decay, momentum 0.95), on 45,000 "
+                   "average of the weights, a 1- or 5-epoch warm-up, a cosine decay, momentum 0.95, a whitened "
+                   "stem), on 45,000 "
                    "images, 5,000 held out (validation)",
     "se-vs-plain": "ResNet-20 against SE-ResNet-20 with the first fast recipe (peak lr 0.2, 4-pixel crops, random "
                    "flips), paired by seed",

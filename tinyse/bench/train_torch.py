@@ -75,6 +75,8 @@ def build_twin(config, num_classes, target):
     """The PyTorch twin of the config's model, holding tinyse's initial weights for the config's seed (float32)."""
     from tinyse.testing.twins import load_into_twin, twin_for_name
 
+    if config.get("whiten_stem"):
+        raise ValueError("--whiten-stem: the PyTorch twin starts from tinyse's Kaiming-normal stem only")
     options = [k for k in train_module.SE_OPTIONS if config.get(k) is not None]
     if options:
         raise ValueError(f"the PyTorch twins have the paper's SE options only; this run sets {', '.join(options)}")

@@ -13,6 +13,8 @@ resolution, global average pooling, one linear layer.
     bottleneck blocks  depth 9n + 2 (164), widths 64, 128, 256 (inner 16, 32, 64)
     ResNeXt blocks     bottlenecks whose 3x3 conv is grouped (cardinality groups)
 """
+import numpy as np
+
 import tinyse.functional as F
 from tinyse.models import se_options
 from tinyse.nn import BatchNorm2d, BatchNormReLU2d, Conv2d, GlobalAvgPool2d, Identity, Linear, Module, Sequential, init
@@ -59,6 +61,20 @@ def zero_init_residuals(model):
     for unit in units:
         unit.last_norm().weight.data[...] = 0
     return len(units)
+
+
+def whiten_stem(model, images):
+    """Set the stem conv's filters to whiten the 3x3 patches of ``images`` (``init.whitening_filters``), in place.
+
+    images: (N, 3, H, W), normalised as the network sees them (a few thousand training images are plenty).
+    The stem's 16 filters are + and - the 8 leading principal directions of the patches, each scaled to
+    unit variance (Jordan, 2024, whitens 2x2 patches the same way and freezes them; here they train on).
+    """
+    if not isinstance(model, CifarResNet):
+        raise ValueError(f"whiten_stem: {type(model).__name__} is not a CIFAR ResNet (the stem it whitens)")
+    stem = model.conv1
+    out_channels, _, kernel_size, _ = stem.weight.shape
+    stem.weight.data = init.whitening_filters(np.asarray(images), out_channels, kernel_size)
 
 
 def make_shortcut(in_channels, out_channels, stride, kind):
