@@ -126,7 +126,7 @@ def test_zero_init_residual_starts_the_model_and_its_pytorch_twin_with_every_bra
 
 
 def test_whiten_stem_starts_the_stem_from_the_first_training_images_and_the_pytorch_twin_refuses_it(fake_cifar10):
-    run = config(fake_cifar10, "--recipe", "fast", "--whiten-stem")
+    run = config(fake_cifar10, "--recipe", "fast", "--whiten-stem", "--epochs", "1")
     assert not config(fake_cifar10, "--recipe", "fast")["whiten_stem"]  # off unless asked
     _, loaders = train_module.build_data(run)
     train_loader = loaders["train"]
@@ -136,8 +136,12 @@ def test_whiten_stem_starts_the_stem_from_the_first_training_images_and_the_pyto
     np.testing.assert_array_equal(whitened["conv1.weight"], whitening_filters(images, 16, 3))
     assert all(np.array_equal(whitened[k], plain[k]) for k in plain if k != "conv1.weight")  # nothing else moved
     assert "stem whitened" in "\n".join(train_module.describe_recipe(run))
-    with pytest.raises(ValueError, match="--whiten-stem: the stem's filters need the training images"):
-        train_module.build_model(run, 10)
+    # a whitened run's checkpoint evaluates like any other: its weights replace the initial ones
+    train(run)
+    last = Path(run["out"]) / "last.npz"
+    trained = load_checkpoint(last)[0]["conv1.weight"]
+    assert evaluate_checkpoint(last)["top1"] == pytest.approx(train_module.read_metrics(run["out"])[-1]["test_acc"])
+    assert not np.array_equal(trained, whitened["conv1.weight"])  # the stem trained on
     with pytest.raises(ValueError, match="--whiten-stem: the PyTorch twin starts from tinyse's Kaiming-normal stem"):
         train_torch_module.build_twin(run, 10, "cpu")
 

@@ -224,16 +224,17 @@ WHITENING_IMAGES = 5000  # --whiten-stem: the stem's filters come from the patch
 
 
 def build_model(config, num_classes, train_loader=None):
-    """The model a config names, on its device (initial weights from ``config["seed"]``; with ``whiten_stem``
-    the stem's from the first WHITENING_IMAGES images of ``train_loader``, a ``BatchLoader``)."""
+    """The model a config names, on its device (initial weights from ``config["seed"]``).
+
+    With ``whiten_stem`` and a ``train_loader`` (a ``BatchLoader``) the stem starts from the first
+    WHITENING_IMAGES images it serves; without one (the weights are loaded next: evaluating, resuming)
+    the stem stays as initialised."""
     options = {k: config[k] for k in SE_OPTIONS if config.get(k) is not None}
     manual_seed(config["seed"])
     model = models.create(config["model"], num_classes=num_classes, **options)
     if config.get("zero_init_residual") and not zero_init_residuals(model):
         raise ValueError(f"--zero-init-residual: {config['model']} has no residual units")
-    if config.get("whiten_stem"):
-        if train_loader is None:
-            raise ValueError("--whiten-stem: the stem's filters need the training images, and none were given")
+    if config.get("whiten_stem") and train_loader is not None:
         images = train_loader.images[:WHITENING_IMAGES]
         whiten_stem(model, normalize(images, train_loader.mean, train_loader.std))
     return model.to(config["device"])
@@ -471,7 +472,7 @@ def train(config, stop_after_steps=None):
     last = os.path.join(out, "last.npz")
     os.makedirs(out, exist_ok=True)
     data, loaders = build_data(config)
-    model = build_model(config, len(data.classes), loaders["train"])
+    model = build_model(config, len(data.classes), None if config.get("resumed") else loaders["train"])
     optimizer = build_optimizer(config, model)
     schedule = make_schedule(config["schedule"], config["lr"], config["epochs"], config["milestones"],
                              warmup_epochs=config["warmup_epochs"], div_factor=config["div_factor"])
