@@ -934,8 +934,7 @@ STUDY_HELP = {
                    "branches, weight decay 1e-4, no label smoothing, SE at r=4, batch 256, 20 epochs and lighter "
                    "augmentation (with label smoothing 0.1 and 0.2, weight decay 1e-3, 1-pixel crops, a moving "
                    "average of the weights, a 1- or 5-epoch warm-up, a cosine decay, momentum 0.95, a whitened "
-                   "stem), on 45,000 "
-                   "images, 5,000 held out (validation)",
+                   "stem), on 45,000 images, 5,000 held out (validation)",
     "se-vs-plain": "ResNet-20 against SE-ResNet-20 with the first fast recipe (peak lr 0.2, 4-pixel crops, random "
                    "flips), paired by seed",
     "no-smoothing": "the same without label smoothing (the full-budget study's best arm), paired by seed",
