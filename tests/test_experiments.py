@@ -509,6 +509,22 @@ def test_the_reduction_study_compares_r4_with_the_light_aug_studys_se_resnet20_r
     assert experiments.STUDIES["light-aug-reduction"]["metric"] == "test_acc"
 
 
+def test_the_gates_study_compares_open_gates_with_the_light_aug_studys_se_resnet20_runs():
+    """Its as-initialised runs are the light-aug study's SE-ResNet-20 runs copied in: valid only while the configs
+    agree."""
+    model, variants, baseline = experiments.study_variants("light-aug-gates", "se_resnet20")
+    assert (model, baseline, [v["folder"] for v in variants]) == ("se_resnet20", "as-initialised",
+                                                                   ["as-initialised", "gate-bias-2"])
+    _, compared, _ = experiments.study_variants("light-aug", "resnet20")
+    for seed in experiments.STUDIES["light-aug-gates"]["seeds"]:
+        light = experiments.run_config("a", compared[1], seed, experiments.STUDIES["light-aug"]["budget"])
+        initialised, opened = (experiments.run_config("b", v, seed, experiments.STUDIES["light-aug-gates"]["budget"])
+                               for v in variants)
+        assert experiments.differences(initialised, light) == {}
+        assert experiments.differences(opened, light) == {"se_gate_bias": (2.0, None)}
+    assert experiments.STUDIES["light-aug-gates"]["metric"] == "test_acc"
+
+
 def test_the_deep_study_is_the_light_aug_study_on_resnet56():
     """ResNet-56 against SE-ResNet-56: the recipe as it stands, only the depth changed."""
     model, variants, baseline = experiments.study_variants("deep", experiments.STUDIES["deep"]["model"])

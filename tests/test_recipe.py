@@ -17,8 +17,10 @@ from tinyse.checkpoint import load_checkpoint, load_ema
 from tinyse.data import normalize
 from tinyse.evaluate import evaluate_checkpoint
 from tinyse.evaluate import main as evaluate_main
+from tinyse.nn import SEBlock
 from tinyse.nn.init import whitening_filters
 from tinyse.optim import param_groups
+from tinyse.tensor import Tensor
 from tinyse.train import RECIPES, config_from_args, parse_args, train
 
 from conftest import DEVICES
@@ -71,6 +73,7 @@ def test_fast_sets_every_ingredient():
     (["--lr", "0.8", "--batch-size", "256"], "lr", 0.8),  # the lr is taken as given, not scaled
     (["--zero-init-residual"], "zero_init_residual", True),
     (["--whiten-stem"], "whiten_stem", True),
+    (["--se-gate-bias", "2"], "se_gate_bias", 2.0),
     (["--crop-padding", "4"], "crop_padding", 4),  # He et al.'s augmentation, one half at a time
     (["--flip", "random"], "flip", "random"),
 ])
@@ -144,6 +147,30 @@ def test_whiten_stem_starts_the_stem_from_the_first_training_images_and_the_pyto
     assert not np.array_equal(trained, whitened["conv1.weight"])  # the stem trained on
     with pytest.raises(ValueError, match="--whiten-stem: the PyTorch twin starts from tinyse's Kaiming-normal stem"):
         train_torch_module.build_twin(run, 10, "cpu")
+
+
+def test_se_gate_bias_starts_every_se_block_open_in_the_model_and_its_pytorch_twin(fake_cifar10):
+    run = config(fake_cifar10, "--recipe", "fast", "--model", "se_resnet20", "--se-gate-bias", "2")
+    assert config(fake_cifar10, "--recipe", "fast")["se_gate_bias"] is None  # as initialised unless asked
+    opened = train_module.build_model(run, 10)
+    plain = train_module.build_model(config(fake_cifar10, "--recipe", "fast", "--model", "se_resnet20"), 10)
+    gate_biases = {f"layer{s}.{u}.se.fc2.bias" for s in (1, 2, 3) for u in range(3)}
+    opened_state, plain_state = opened.state_dict(), plain.state_dict()
+    assert all(np.all(opened_state[k] == 2) for k in gate_biases)
+    assert all(np.array_equal(opened_state[k], plain_state[k]) for k in plain_state if k not in gate_biases)
+    # the gates of a forward pass now start near sigmoid(2) = 0.88 instead of about 0.5
+    images = np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32)
+    mean_gates = []
+    for model in (opened, plain):
+        model.eval()
+        model(Tensor(images))
+        mean_gates.append(np.mean([m.gates.mean() for m in model.modules() if isinstance(m, SEBlock)]))
+    assert mean_gates[0] > 0.8 and abs(mean_gates[1] - 0.5) < 0.1, mean_gates
+    twin = train_torch_module.build_twin(run, 10, "cpu")
+    assert all(np.all(twin.state_dict()[k].numpy() == 2) for k in gate_biases)
+    assert "SE gates' bias 2" in "\n".join(train_module.describe_recipe(run))
+    with pytest.raises(ValueError, match="--se-gate-bias: resnet20 has no SE blocks"):
+        train_module.build_model(config(fake_cifar10, "--se-gate-bias", "2"), 10)
 
 
 @pytest.mark.parametrize("main, argv", [

@@ -22,6 +22,7 @@ The studies of the fast recipe (``python -m tinyse.train --recipe fast``), kept 
     python -m tinyse.experiments light-aug --jobs 2        # two runs at a time, one thread each
     python -m tinyse.experiments tune --seeds 0 1          # the first recipe's settings moved one at a time
     python -m tinyse.experiments full-budget --seeds 0 1   # lr, batch, zero-init, wd, smoothing, r, aug, ...
+    python -m tinyse.experiments light-aug-gates           # SE-ResNet-20, its gates started open or not
 
 A study's folder is docs/runs/STUDY (run from the repository's root). Each finished run leaves
 there, beside tinyse.train's files, summary.json (its final numbers, time, threads, machine and
@@ -152,6 +153,10 @@ STUDIES = {
     # runs are the light-aug study's SE-ResNet-20 runs (the same config, a test checks it), copied in.
     "light-aug-reduction": {"budget": LIGHT_FAST, "metric": "test_acc", "seeds": (0, 1, 2),
                             "model": "se_resnet20"},
+    # SE's gates started open: fc2's bias at 2 in every SE block (gates near 0.88 instead of about 0.5), against the
+    # recipe's SE as initialised, on the test set. Its as-initialised runs are the light-aug study's SE-ResNet-20
+    # runs (the same config, a test checks it), copied in.
+    "light-aug-gates": {"budget": LIGHT_FAST, "metric": "test_acc", "seeds": (0, 1, 2, 3, 4), "model": "se_resnet20"},
     # The paper's claim on a deeper network: ResNet-56 against SE-ResNet-56 with the recipe as it stands (3.1 times
     # ResNet-20's multiply-adds, about two hours a run on one thread, so one seed by default).
     "deep": {"budget": LIGHT_FAST, "metric": "test_acc", "seeds": (0,), "model": "resnet56"},
@@ -252,6 +257,12 @@ def reduction_variants(model):
     """SE at the recipe's reduction (16, no flag: the light-aug study's runs) and at 4: stage 1's excitation has
     4 hidden units instead of 1, stage 3's 16 instead of 4."""
     return [variant("r=16", model), variant("r=4", model, "--reduction", "4")]
+
+
+def gate_variants(model):
+    """SE as initialised (no flag: the light-aug study's runs; the gates start near 0.5) and with fc2's bias at 2 in
+    every SE block (``--se-gate-bias 2``: the gates start near sigmoid(2) = 0.88)."""
+    return [variant("as-initialised", model), variant("gate-bias=2", model, "--se-gate-bias", "2")]
 
 
 def library_variants(model):
@@ -780,6 +791,7 @@ TITLES = {
     "light-aug-torch": "{model}, the fast recipe (peak lr 0.2, lighter augmentation) in tinyse and in PyTorch",
     "twenty-epochs": "{model}, the fast recipe as it stands stretched to 20 epochs",
     "light-aug-reduction": "{model}, the fast recipe as it stands, SE at reduction 4 against 16",
+    "light-aug-gates": "{model}, the fast recipe as it stands, SE's gates started open against as initialised",
 }
 # How to read a study's variant labels, under its recipe line.
 VARIANTS_READ = {
@@ -808,6 +820,9 @@ VARIANTS_READ = {
                    "the 5,000 held out.",
     "light-aug-reduction": "`r=16` is the recipe's SE (the light-aug study's SE-ResNet-20 runs, copied in); `r=4` "
                            "gives every SE block four times the hidden units (stage 1: 4 instead of 1).",
+    "light-aug-gates": "`as-initialised` is the recipe's SE (the light-aug study's SE-ResNet-20 runs, copied in): "
+                       "fc2's bias uniform in ±1/sqrt(C/r), the gates near 0.5 at the start; `gate-bias=2` starts "
+                       "fc2's bias at 2 in every SE block (`--se-gate-bias 2`), the gates near sigmoid(2) = 0.88.",
 }
 METRIC_NAMES = {"test_acc": "test acc %", "val_acc": "val acc %"}
 
@@ -949,6 +964,9 @@ STUDY_HELP = {
                      "test set",
     "light-aug-reduction": "SE-ResNet-20 with the fast recipe as it stands at reduction 4 against 16 (the light-aug "
                            "study's runs), paired by seed, on the test set",
+    "light-aug-gates": "SE-ResNet-20 with the fast recipe as it stands, its SE gates started near 0.88 (fc2's bias "
+                       "at 2) against as initialised (near 0.5: the light-aug study's runs), paired by seed, on the "
+                       "test set",
 }
 
 
@@ -960,8 +978,8 @@ def study_variants(study, model):
     if model not in models.list():
         raise ValueError(f"unknown model {model!r}; known models: {', '.join(models.list())}")
     variants = {"recipe": recipe_variants, "tune": tune_variants, "full-budget": full_budget_variants,
-                "twenty-epochs": twenty_epochs_variants,
-                "light-aug-reduction": reduction_variants}.get(study, library_variants)(model)
+                "twenty-epochs": twenty_epochs_variants, "light-aug-reduction": reduction_variants,
+                "light-aug-gates": gate_variants}.get(study, library_variants)(model)
     return model, variants, variants[0]["label"]
 
 

@@ -30,6 +30,7 @@ Two recipes (``--recipe``), each a set of defaults that every flag still overrid
     evaluate every              epoch                   5 epochs (and the last)    --eval-every
     residual branches start     as initialised          as initialised             --zero-init-residual (at 0)
     stem conv starts            Kaiming-normal          Kaiming-normal             --whiten-stem (patch whitening)
+    SE gates start              near 0.5                near 0.5                   --se-gate-bias B (sigmoid(B))
 
 He et al.'s recipe is the SE paper's CIFAR baseline (64k iterations; random crops with 4-pixel
 padding and random horizontal flips). The fast one reaches its accuracy in a tenth of the epochs, with
@@ -72,7 +73,7 @@ from tinyse.memory import keep_freed_memory
 from tinyse.models import se_options
 from tinyse.models.resnet import whiten_stem, zero_init_residuals
 from tinyse.nn import manual_seed
-from tinyse.nn.se import SQUEEZES
+from tinyse.nn.se import SQUEEZES, set_gate_bias
 from tinyse.ops.se import GATES
 from tinyse.optim import SCHEDULES, SGD, ModelEMA, make_schedule, param_groups
 from tinyse.parallel import workers
@@ -94,7 +95,7 @@ ONECYCLE_WARMUP = 0.2  # --schedule onecycle rises over this fraction of the epo
 # Settings a config saved before they existed did not have: their value then, so old runs resume unchanged.
 BEFORE_RECIPES = {"recipe": "he", "library": "tinyse", "decay_norm_and_bias": True, "label_smoothing": 0.0,
                   "ema": 0.0, "tta": "none", "eval_every": 1, "div_factor": 25.0, "zero_init_residual": False,
-                  "whiten_stem": False, "crop_padding": 4, "flip": "random"}
+                  "whiten_stem": False, "crop_padding": 4, "flip": "random", "se_gate_bias": None}
 
 
 def parse_args(argv=None, prog="python -m tinyse.train"):
@@ -130,6 +131,9 @@ def parse_args(argv=None, prog="python -m tinyse.train"):
     add("--whiten-stem", action="store_true",
         help="start the stem conv's filters as + and - the leading principal directions of the training images' "
              "3x3 patches, scaled to unit variance (Jordan 2024's whitening; off in both recipes)")
+    add("--se-gate-bias", type=float, metavar="B",
+        help="start fc2's bias at B in every SE block, so the gates start near sigmoid(B) instead of about 0.5 "
+             "(default: as initialised, in both recipes)")
     add("--ema", type=float, metavar="DECAY",
         help="evaluate and keep a moving average of the weights, this decay per step (0: none, both recipes' default)")
     add("--tta", choices=("none", "flip"),
@@ -202,7 +206,8 @@ def describe_recipe(config):
     rows = [
         ("model", f"{config['model']} on {config['dataset']}, seed {config['seed']}, {config['device']}"
                   + (", residual branches start at 0" if config.get("zero_init_residual") else "")
-                  + (", stem whitened" if config.get("whiten_stem") else "")),
+                  + (", stem whitened" if config.get("whiten_stem") else "")
+                  + (f", SE gates' bias {config['se_gate_bias']:g}" if config.get("se_gate_bias") is not None else "")),
         ("training", f"{config['epochs']} epochs on {images}{held_out}, batch {config['batch_size']}"),
         ("learning rate", f"{config['lr']:g}, {schedule}"),
         ("optimiser", f"SGD, {momentum}, weight decay {decay}"),
@@ -234,6 +239,8 @@ def build_model(config, num_classes, train_loader=None):
     model = models.create(config["model"], num_classes=num_classes, **options)
     if config.get("zero_init_residual") and not zero_init_residuals(model):
         raise ValueError(f"--zero-init-residual: {config['model']} has no residual units")
+    if config.get("se_gate_bias") is not None and not set_gate_bias(model, config["se_gate_bias"]):
+        raise ValueError(f"--se-gate-bias: {config['model']} has no SE blocks")
     if config.get("whiten_stem") and train_loader is not None:
         images = train_loader.images[:WHITENING_IMAGES]
         whiten_stem(model, normalize(images, train_loader.mean, train_loader.std))

@@ -62,3 +62,16 @@ class SEBlock(Module):
     def extra_repr(self):
         reduction = f"reduction={self.reduction} (hidden {self.hidden})"
         return f"{self.channels}, {reduction}, squeeze={self.squeeze}, excitation={self.excitation}"
+
+
+def set_gate_bias(model, bias):
+    """Set fc2's bias in every SE block of ``model`` to ``bias``, in place; returns the number of blocks.
+
+    With the sigmoid gate a block's gates start near sigmoid(bias) for every channel. As initialised, fc2's bias
+    is uniform in +-1/sqrt(C/r) and the gates sit near sigmoid(0) = 0.5: a residual branch with SE starts at about
+    half its size. ``bias`` 2 starts the gates near 0.88, the branch near its full size.
+    """
+    blocks = [module for module in model.modules() if isinstance(module, SEBlock)]
+    for block in blocks:
+        block.fc2.bias.data[...] = bias
+    return len(blocks)
