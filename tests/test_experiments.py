@@ -495,34 +495,22 @@ def test_the_light_aug_torch_check_trains_what_the_light_aug_study_trains_for_se
             assert (config["model"], config["crop_padding"], config["flip"]) == ("se_resnet20", 2, "alternate")
 
 
-def test_the_reduction_study_compares_r4_with_the_light_aug_studys_se_resnet20_runs():
-    """Its r=16 runs are the light-aug study's SE-ResNet-20 runs copied in: valid only while the configs agree."""
-    model, variants, baseline = experiments.study_variants("light-aug-reduction", "se_resnet20")
-    assert (model, baseline, [v["folder"] for v in variants]) == ("se_resnet20", "r=16", ["r-16", "r-4"])
+@pytest.mark.parametrize("study, folders, moved", [
+    ("light-aug-reduction", ["r-16", "r-4"], {"reduction": (4, None)}),  # SE at r=4 against the recipe's 16
+    ("light-aug-gates", ["as-initialised", "gate-bias-2"], {"se_gate_bias": (2.0, None)}),  # SE's gates started open
+])
+def test_a_study_with_the_light_aug_studys_se_resnet20_runs_copied_in_moves_one_setting(study, folders, moved):
+    """Its baseline runs are the light-aug study's SE-ResNet-20 runs copied in: valid only while the configs agree."""
+    model, variants, baseline = experiments.study_variants(study, "se_resnet20")
+    assert (model, baseline, [v["folder"] for v in variants]) == ("se_resnet20", variants[0]["label"], folders)
+    assert variants[0]["train_args"] == [] and variants[1]["train_args"]  # the copied runs are the recipe's
     _, compared, _ = experiments.study_variants("light-aug", "resnet20")
-    for seed in experiments.STUDIES["light-aug-reduction"]["seeds"]:
+    for seed in experiments.STUDIES[study]["seeds"]:
         light = experiments.run_config("a", compared[1], seed, experiments.STUDIES["light-aug"]["budget"])
-        r16, r4 = (experiments.run_config("b", v, seed, experiments.STUDIES["light-aug-reduction"]["budget"])
-                   for v in variants)
-        assert experiments.differences(r16, light) == {}
-        assert experiments.differences(r4, light) == {"reduction": (4, None)}
-    assert experiments.STUDIES["light-aug-reduction"]["metric"] == "test_acc"
-
-
-def test_the_gates_study_compares_open_gates_with_the_light_aug_studys_se_resnet20_runs():
-    """Its as-initialised runs are the light-aug study's SE-ResNet-20 runs copied in: valid only while the configs
-    agree."""
-    model, variants, baseline = experiments.study_variants("light-aug-gates", "se_resnet20")
-    assert (model, baseline, [v["folder"] for v in variants]) == ("se_resnet20", "as-initialised",
-                                                                   ["as-initialised", "gate-bias-2"])
-    _, compared, _ = experiments.study_variants("light-aug", "resnet20")
-    for seed in experiments.STUDIES["light-aug-gates"]["seeds"]:
-        light = experiments.run_config("a", compared[1], seed, experiments.STUDIES["light-aug"]["budget"])
-        initialised, opened = (experiments.run_config("b", v, seed, experiments.STUDIES["light-aug-gates"]["budget"])
-                               for v in variants)
-        assert experiments.differences(initialised, light) == {}
-        assert experiments.differences(opened, light) == {"se_gate_bias": (2.0, None)}
-    assert experiments.STUDIES["light-aug-gates"]["metric"] == "test_acc"
+        copied, arm = (experiments.run_config("b", v, seed, experiments.STUDIES[study]["budget"]) for v in variants)
+        assert experiments.differences(copied, light) == {}
+        assert experiments.differences(arm, light) == moved
+    assert experiments.STUDIES[study]["metric"] == "test_acc"
 
 
 def test_the_deep_study_is_the_light_aug_study_on_resnet56():
