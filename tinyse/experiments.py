@@ -158,7 +158,7 @@ STUDIES = {
     # runs (the same config, a test checks it), copied in.
     "light-aug-gates": {"budget": LIGHT_FAST, "metric": "test_acc", "seeds": (0, 1, 2, 3, 4), "model": "se_resnet20"},
     # The paper's claim on a deeper network: ResNet-56 against SE-ResNet-56 with the recipe as it stands (3.1 times
-    # ResNet-20's multiply-adds, about two hours a run on one thread, so three seeds by default).
+    # ResNet-20's multiply-adds, about two hours a run on one thread; three seeds).
     "deep": {"budget": LIGHT_FAST, "metric": "test_acc", "seeds": (0, 1, 2), "model": "resnet56"},
     # The recipe at the tune study's peak lr 0.4 (as it stood before light-aug): ResNet-20 and SE-ResNet-20.
     "fast": {"budget": dict(FIRST_FAST, lr=0.4), "metric": "test_acc", "seeds": (0, 1, 2), "model": "resnet20"},
