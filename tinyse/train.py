@@ -531,15 +531,21 @@ def evaluation_due(config, epoch):
 
 
 def run_timing(config, rows, state, steps_per_epoch):
-    """The ``RunTiming`` of the epoch about to run: the seconds the run took so far (training and evaluation,
-    from metrics.jsonl and the epoch's own saved seconds), the steps after this epoch, and the evaluations
-    still to come at the mean time of those done (0 before the first)."""
-    elapsed = sum(r["seconds"] + r.get("eval_seconds", 0.0) for r in rows) + state.epoch_totals.seconds
+    """The ``RunTiming`` of the epoch about to run: the seconds the run took so far (``rows`` from metrics.jsonl and
+    the epoch's own saved seconds), the steps after this epoch, and the seconds of the evaluations still to come."""
+    elapsed, evaluation_seconds_left = time_taken_and_evaluations_left(config, rows, state.epoch)
+    return RunTiming(elapsed + state.epoch_totals.seconds, (config["epochs"] - state.epoch - 1) * steps_per_epoch,
+                     evaluation_seconds_left)
+
+
+def time_taken_and_evaluations_left(config, rows, epochs_done):
+    """(seconds the epochs in ``rows`` took, training and evaluation; seconds of the evaluations due after epoch
+    ``epochs_done``, each at the mean of those done, 0 before the first)."""
+    elapsed = sum(r["seconds"] + r.get("eval_seconds", 0.0) for r in rows)
     evaluations = [r["eval_seconds"] for r in rows if "eval_seconds" in r]
     mean_evaluation = sum(evaluations) / len(evaluations) if evaluations else 0.0
-    evaluations_left = sum(evaluation_due(config, e) for e in range(state.epoch + 1, config["epochs"] + 1))
-    return RunTiming(elapsed, (config["epochs"] - state.epoch - 1) * steps_per_epoch,
-                     evaluations_left * mean_evaluation)
+    evaluations_left = sum(evaluation_due(config, e) for e in range(epochs_done + 1, config["epochs"] + 1))
+    return elapsed, evaluations_left * mean_evaluation
 
 
 def evaluate_splits(config, model, loaders, ema):
@@ -594,13 +600,8 @@ def finish_epoch(model, optimizer, loaders, state, out, save, config, ema=None):
 def run_clock(config, rows):
     """(seconds the run has taken, seconds it has left) after the epochs in ``rows``: each epoch left at the last
     epoch's training time, each evaluation left at the mean of those done."""
-    elapsed = sum(r["seconds"] + r.get("eval_seconds", 0.0) for r in rows)
-    evaluations = [r["eval_seconds"] for r in rows if "eval_seconds" in r]
-    evaluations_left = sum(evaluation_due(config, e) for e in range(rows[-1]["epoch"] + 1, config["epochs"] + 1))
-    left = (config["epochs"] - rows[-1]["epoch"]) * rows[-1]["seconds"]
-    if evaluations:
-        left += evaluations_left * sum(evaluations) / len(evaluations)
-    return elapsed, left
+    elapsed, evaluation_seconds_left = time_taken_and_evaluations_left(config, rows, rows[-1]["epoch"])
+    return elapsed, (config["epochs"] - rows[-1]["epoch"]) * rows[-1]["seconds"] + evaluation_seconds_left
 
 
 def epoch_line(m, elapsed=None, left=None):
