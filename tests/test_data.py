@@ -390,6 +390,26 @@ def test_random_crop_cuts_the_padded_image_at_the_drawn_offset(dtype):
     assert outside.any() and not outside.all()
 
 
+def test_a_reflected_border_mirrors_the_image_at_its_edges():
+    images, padding = some_images(n=30, h=8, w=6), 2
+    out = random_crop(images, np.random.default_rng(5), padding=padding, fill="reflect")
+    top, left = np.random.default_rng(5).integers(0, 2 * padding + 1, size=(2, len(images)))
+    np.testing.assert_array_equal(out, crop_naive(images, top, left, padding, fill="reflect"))
+    for i in range(len(images)):
+        # Row (or column) -k of the image is row k, and row H - 1 + k is row H - 1 - k: the edge is not repeated.
+        rows = np.abs(np.arange(8) + top[i] - padding)
+        rows = np.where(rows > 7, 14 - rows, rows)
+        cols = np.abs(np.arange(6) + left[i] - padding)
+        cols = np.where(cols > 5, 10 - cols, cols)
+        np.testing.assert_array_equal(out[i], images[i][:, rows][:, :, cols])
+    assert not (out == 0).any()  # the pixels are 1..255: no zero comes in with the border
+    assert (top != padding).any() and (left != padding).any()  # some crops do reach into the border
+    with pytest.raises(ValueError, match="reflect padding must be smaller than the image, got 8"):
+        random_crop(images, np.random.default_rng(0), padding=8, fill="reflect")
+    with pytest.raises(ValueError, match="fill must be one of zeros, reflect, got 'edge'"):
+        random_crop(images, np.random.default_rng(0), padding=2, fill="edge")
+
+
 def test_crop_without_padding_is_the_identity():
     images = some_images(n=4)
     np.testing.assert_array_equal(random_crop(images, np.random.default_rng(0), padding=0), images)
@@ -537,6 +557,19 @@ def test_the_crop_padding_sets_how_far_crops_move():
         make_loader(padding=-1)
     with pytest.raises(ValueError, match="flip must be one of random, alternate, got 'sometimes'"):
         make_loader(flip="sometimes")
+
+
+def test_the_crop_fill_changes_only_the_border():
+    # The same crops and flips from the same streams: the images agree wherever the crop lies inside the image.
+    (x, labels), (x2, labels2) = epoch_of(make_loader(), 1)[0], epoch_of(make_loader(fill="reflect"), 1)[0]
+    np.testing.assert_array_equal(labels, labels2)
+    black = normalize(np.zeros((1, 3, 1, 1), np.uint8), MEAN, STD)  # a zero pixel, normalised
+    border = (x == black).all(axis=1)  # (B, H, W): where the zero-filled crop shows its padding
+    assert border.any() and not border.all()
+    np.testing.assert_array_equal(x.transpose(0, 2, 3, 1)[~border], x2.transpose(0, 2, 3, 1)[~border])
+    assert not (x2 == black).all(axis=1).any()
+    with pytest.raises(ValueError, match="fill must be one of zeros, reflect, got 'wrap'"):
+        make_loader(fill="wrap")
 
 
 def test_prefetching_gives_the_same_batches():

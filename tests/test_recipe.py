@@ -76,6 +76,7 @@ def test_fast_sets_every_ingredient():
     (["--se-gate-bias", "2"], "se_gate_bias", 2.0),
     (["--crop-padding", "4"], "crop_padding", 4),  # He et al.'s augmentation, one half at a time
     (["--flip", "random"], "flip", "random"),
+    (["--crop-fill", "reflect"], "crop_fill", "reflect"),
 ])
 def test_each_ingredient_is_overridden_by_its_own_flag_alone(flags, key, value):
     fast = config_from_args(parse_args(["--recipe", "fast"]))
@@ -113,6 +114,15 @@ def test_the_recipe_is_printed_at_the_start_of_a_run(fake_cifar10, capsys):
         assert text in printed, text
     saved = json.loads((fake_cifar10 / "run" / "config.json").read_text())
     assert saved["recipe"] == "fast" and saved["schedule"] == "onecycle" and saved["ema"] == 0.0
+
+
+def test_crop_fill_reaches_the_training_loader_alone(fake_cifar10):
+    run = config(fake_cifar10, "--recipe", "fast", "--crop-fill", "reflect")
+    assert config(fake_cifar10, "--recipe", "fast")["crop_fill"] == "zeros"  # both recipes pad with zeros
+    _, loaders = train_module.build_data(run)
+    assert loaders["train"].fill == "reflect" and loaders["train"].augment and not loaders["test"].augment
+    assert "crop from 2-pixel padding (reflect), flip in every other epoch" in "\n".join(
+        train_module.describe_recipe(run))
 
 
 def test_zero_init_residual_starts_the_model_and_its_pytorch_twin_with_every_branch_at_zero(fake_cifar10):

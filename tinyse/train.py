@@ -19,6 +19,7 @@ Two recipes (``--recipe``), each a set of defaults that every flag still overrid
     weight decay                1e-4, on everything     5e-4, not on batch norm    --weight-decay,
                                                         and biases                 --[no-]decay-norm-and-bias
     crops                       from 4-pixel padding    from 2-pixel padding       --crop-padding
+    crops' border               zeros                   zeros                      --crop-fill (zeros, reflect)
     flips                       random, p = 1/2         alternate: every other     --flip
                                                         epoch (Jordan 2024)
     label smoothing             0                       0.1                        --label-smoothing
@@ -68,7 +69,7 @@ import tinyse.functional as F
 from tinyse import models
 from tinyse.backend import module_for_device
 from tinyse.checkpoint import atomic_write, load_checkpoint, load_ema, save_checkpoint
-from tinyse.data import FLIPS, BatchLoader, DataError, load_cifar, normalize, random_stream, split_validation
+from tinyse.data import FILLS, FLIPS, BatchLoader, DataError, load_cifar, normalize, random_stream, split_validation
 from tinyse.memory import keep_freed_memory
 from tinyse.models import se_options
 from tinyse.models.resnet import whiten_stem, zero_init_residuals
@@ -95,7 +96,8 @@ ONECYCLE_WARMUP = 0.2  # --schedule onecycle rises over this fraction of the epo
 # Settings a config saved before they existed did not have: their value then, so old runs resume unchanged.
 BEFORE_RECIPES = {"recipe": "he", "library": "tinyse", "decay_norm_and_bias": True, "label_smoothing": 0.0,
                   "ema": 0.0, "tta": "none", "eval_every": 1, "div_factor": 25.0, "zero_init_residual": False,
-                  "whiten_stem": False, "crop_padding": 4, "flip": "random", "se_gate_bias": None}
+                  "whiten_stem": False, "crop_padding": 4, "flip": "random", "se_gate_bias": None,
+                  "crop_fill": "zeros"}
 
 
 def parse_args(argv=None, prog="python -m tinyse.train"):
@@ -152,7 +154,9 @@ def parse_args(argv=None, prog="python -m tinyse.train"):
     add("--test-subset", type=int, help="evaluate on the first N test images only")
     add("--no-augment", dest="augment", action="store_false", help="no random crops or flips")
     add("--crop-padding", type=int, metavar="P",
-        help="random crops of the images zero-padded by P pixels (he 4, He et al.'s; fast 2)")
+        help="random crops of the images padded by P pixels (he 4, He et al.'s; fast 2)")
+    add("--crop-fill", choices=tuple(FILLS), default="zeros",
+        help="what the crops' padding holds: zeros (both recipes) or the image reflected at its edges (Jordan, 2024)")
     add("--flip", choices=FLIPS,
         help="random: each image mirrored with probability 1/2 (he); alternate: mirrored in every other epoch, "
              "from a random start per image (fast; Jordan, 2024)")
@@ -211,7 +215,8 @@ def describe_recipe(config):
         ("training", f"{config['epochs']} epochs on {images}{held_out}, batch {config['batch_size']}"),
         ("learning rate", f"{config['lr']:g}, {schedule}"),
         ("optimiser", f"SGD, {momentum}, weight decay {decay}"),
-        ("augmentation", f"crop from {config['crop_padding']}-pixel padding, "
+        ("augmentation", f"crop from {config['crop_padding']}-pixel padding"
+                         + (f" ({config['crop_fill']})" if config["crop_fill"] != "zeros" else "") + ", "
                          + ("random flip" if config["flip"] == "random" else "flip in every other epoch")
                          if config["augment"] else "none"),
         ("label smoothing", f"{config['label_smoothing']:g}"),
@@ -265,6 +270,7 @@ def build_data(config):
             images, labels, config["batch_size"], data.mean, data.std, shuffle=train,
             augment=train and config["augment"], seed=config["seed"], device=config["device"],
             prefetch=config["prefetch"], padding=config["crop_padding"], flip=config["flip"],
+            fill=config["crop_fill"],
         )
 
     loaders = {"train": loader(train_x, train_y, True), "test": loader(test_x, test_y, False)}

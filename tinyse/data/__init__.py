@@ -8,7 +8,7 @@ augmentation (``augment``), batching (``loader``).
         for x, labels in train.batches(epoch):     # x: float32 Tensor (128, 3, 32, 32), labels: int64 (128,)
             ...
 """
-from tinyse.data.augment import augment_batch, crop, crop_naive, flip, normalize, pad, random_crop, random_flip
+from tinyse.data.augment import FILLS, augment_batch, crop, crop_naive, flip, normalize, pad, random_crop, random_flip
 from tinyse.data.cifar import (
     DATASETS,
     ENV_VAR,
@@ -23,7 +23,7 @@ from tinyse.data.download import download_url
 from tinyse.data.loader import FLIPS, BatchLoader, random_stream, split_validation
 
 __all__ = [
-    "DATASETS", "ENV_VAR", "FLIPS", "BatchLoader", "Cifar", "DataError", "DataNotFoundError", "augment_batch",
+    "DATASETS", "ENV_VAR", "FILLS", "FLIPS", "BatchLoader", "Cifar", "DataError", "DataNotFoundError", "augment_batch",
     "channel_stats", "crop", "crop_naive", "data_dir", "download_url", "flip", "load_cifar", "normalize", "pad",
     "random_crop", "random_flip", "random_stream", "split_validation",
 ]
