@@ -327,7 +327,9 @@ def test_the_full_budget_study_moves_one_setting_over_the_whole_training_set_les
                        "light-aug+whiten": {"crop_padding": 2, "flip": "alternate", "whiten_stem": True},
                        "light-aug+r=4+gate-bias=2": {"crop_padding": 2, "flip": "alternate", "reduction": 4,
                                                      "se_gate_bias": 2.0},
-                       "light-aug+reflect": {"crop_padding": 2, "flip": "alternate", "crop_fill": "reflect"}}
+                       "light-aug+reflect": {"crop_padding": 2, "flip": "alternate", "crop_fill": "reflect"},
+                       "light-aug+r=4+gate-bias=2+reflect": {"crop_padding": 2, "flip": "alternate", "reduction": 4,
+                                                             "se_gate_bias": 2.0, "crop_fill": "reflect"}}
 
 
 @pytest.mark.parametrize("study, moved", [("no-smoothing", {"label_smoothing": (0.1, 0.0)}),

@@ -230,7 +230,8 @@ def full_budget_variants(model):
     as a whitening of the input's 3x3 patches (Jordan 2024's first layer, here trained on: ``--whiten-stem``); SE at
     reduction 4 with its gates started open (the two SE settings each ahead of the recipe on the test set on most
     seeds, unresolved, together); and crops whose border is the image reflected at its edges instead of zeros
-    (Jordan 2024's padding: no black band, whose statistics the test images never show)."""
+    (Jordan 2024's padding: no black band, whose statistics the test images never show); and the last three
+    together."""
     return [variant("fast", model), variant("lr=0.4", model, "--lr", "0.4"),
             variant("batch=64", model, "--batch-size", "64"), variant("zero-init", model, "--zero-init-residual"),
             variant("wd=1e-4", model, "--weight-decay", "1e-4"),
@@ -250,7 +251,9 @@ def full_budget_variants(model):
             variant("light-aug+momentum=0.95+lr=0.1", model, *LIGHT_AUGMENTATION, "--momentum", "0.95", "--lr", "0.1"),
             variant("light-aug+whiten", model, *LIGHT_AUGMENTATION, "--whiten-stem"),
             variant("light-aug+r=4+gate-bias=2", model, *LIGHT_AUGMENTATION, "--reduction", "4", "--se-gate-bias", "2"),
-            variant("light-aug+reflect", model, *LIGHT_AUGMENTATION, "--crop-fill", "reflect")]
+            variant("light-aug+reflect", model, *LIGHT_AUGMENTATION, "--crop-fill", "reflect"),
+            variant("light-aug+r=4+gate-bias=2+reflect", model, *LIGHT_AUGMENTATION, "--reduction", "4",
+                    "--se-gate-bias", "2", "--crop-fill", "reflect")]
 
 
 def twenty_epochs_variants(model):
@@ -823,7 +826,8 @@ VARIANTS_READ = {
                    "+ and - the 8 leading principal directions of the training images' 3x3 patches, each scaled to "
                    "unit variance (`--whiten-stem`); `light-aug+r=4+gate-bias=2` gives every SE block reduction 4 and "
                    "starts its gates open (fc2's bias at 2); `light-aug+reflect` fills the crops' 2-pixel border "
-                   "with the image reflected at its edges instead of zeros (`--crop-fill reflect`). Here all train "
+                   "with the image reflected at its edges instead of zeros (`--crop-fill reflect`); "
+                   "`light-aug+r=4+gate-bias=2+reflect` the two together. Here all train "
                    "on 45,000 images and are compared on "
                    "the 5,000 held out.",
     "light-aug-reduction": "`r=16` is the recipe's SE (the light-aug study's SE-ResNet-20 runs, copied in); `r=4` "
