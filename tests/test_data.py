@@ -570,6 +570,8 @@ def test_the_crop_fill_changes_only_the_border():
     assert not (x2 == black).all(axis=1).any()
     with pytest.raises(ValueError, match="fill must be one of zeros, reflect, got 'wrap'"):
         make_loader(fill="wrap")
+    with pytest.raises(ValueError, match=r"reflect padding must be smaller than the images \(32, 32\), got 32"):
+        make_loader(fill="reflect", padding=32)  # refused when the loader is made, not at its first batch
 
 
 def test_prefetching_gives_the_same_batches():

@@ -43,10 +43,10 @@ def pad(images, padding, fill="zeros"):
 
 
 def crop(images, top, left, padding, fill="zeros"):
-    """Cut each zero-padded image at its own offset.
+    """Cut each padded image at its own offset.
 
     images (N, C, H, W); top, left (N,) ints in 0 .. 2P -> (N, C, H, W), where
-    out[i] = pad(images)[i, :, top[i] : top[i] + H, left[i] : left[i] + W].
+    out[i] = pad(images, P, fill)[i, :, top[i] : top[i] + H, left[i] : left[i] + W].
     """
     n, _, h, w = images.shape
     padded = pad(images, padding, fill)

@@ -87,6 +87,9 @@ class BatchLoader:
             raise ValueError(f"BatchLoader: flip must be one of {', '.join(FLIPS)}, got {flip!r}")
         if fill not in FILLS:
             raise ValueError(f"BatchLoader: fill must be one of {', '.join(FILLS)}, got {fill!r}")
+        if augment and fill == "reflect" and padding >= min(images.shape[2:]):
+            raise ValueError(f"BatchLoader: reflect padding must be smaller than the images {images.shape[2:]}, "
+                             f"got {padding}")
         self.images = images
         self.labels = np.asarray(labels, dtype=np.int64)
         self.batch_size = batch_size
