@@ -329,7 +329,8 @@ def test_the_full_budget_study_moves_one_setting_over_the_whole_training_set_les
                                                      "se_gate_bias": 2.0},
                        "light-aug+reflect": {"crop_padding": 2, "flip": "alternate", "crop_fill": "reflect"},
                        "light-aug+r=4+gate-bias=2+reflect": {"crop_padding": 2, "flip": "alternate", "reduction": 4,
-                                                             "se_gate_bias": 2.0, "crop_fill": "reflect"}}
+                                                             "se_gate_bias": 2.0, "crop_fill": "reflect"},
+                       "light-aug+muon=0.05": {"crop_padding": 2, "flip": "alternate", "muon_lr": 0.05}}
 
 
 @pytest.mark.parametrize("study, moved", [("no-smoothing", {"label_smoothing": (0.1, 0.0)}),
@@ -503,6 +504,7 @@ def test_the_light_aug_torch_check_trains_what_the_light_aug_study_trains_for_se
 @pytest.mark.parametrize("study, folders, moved", [
     ("light-aug-reduction", ["r-16", "r-4"], {"reduction": (4, None)}),  # SE at r=4 against the recipe's 16
     ("light-aug-gates", ["as-initialised", "gate-bias-2"], {"se_gate_bias": (2.0, None)}),  # SE's gates started open
+    ("light-aug-muon", ["sgd", "muon-0.05"], {"muon_lr": (0.05, 0.0)}),  # the conv filters trained by Muon
 ])
 def test_a_study_with_the_light_aug_studys_se_resnet20_runs_copied_in_moves_one_setting(study, folders, moved):
     """Its baseline runs are the light-aug study's SE-ResNet-20 runs copied in: valid only while the configs agree."""

@@ -14,12 +14,16 @@ from hypothesis import strategies as st
 from tinyse import models
 from tinyse.backend import device_of, to_device
 from tinyse.optim import (
+    NEWTON_SCHULZ_COEFFICIENTS,
     SGD,
     ModelEMA,
+    Muon,
+    MuonWithSGD,
     cosine_lr,
     ema_decay,
     make_schedule,
     one_cycle_lr,
+    orthogonalize,
     param_groups,
     step_lr,
     warmup,
@@ -728,3 +732,161 @@ def test_ema_on_the_device_of_its_model(device):
         averages[where] = ema.state_dict()
     for key, value in averages["cpu"].items():
         assert np.allclose(averages[device][key], value, rtol=1e-6, atol=1e-7), key
+
+
+# --- Muon: orthogonalised momentum for the conv filters ------------------------------------------
+def newton_schulz_on_a_singular_value(s, steps=5):
+    """The scalar map orthogonalize applies to each singular value (s already divided by |M|_F)."""
+    a, b, c = NEWTON_SCHULZ_COEFFICIENTS
+    for _ in range(steps):
+        s = a * s + b * s**3 + c * s**5
+    return s
+
+
+@given(seed=st.integers(0, 2**32 - 1), rows=st.integers(1, 24), columns=st.integers(1, 40))
+def test_orthogonalize_keeps_u_and_v_and_maps_each_singular_value(seed, rows, columns):
+    """Against the SVD (float64): orthogonalize(M) = U f(S / |M|_F) V^T, f the iterated quintic, for wide and tall M."""
+    matrix = np.random.default_rng(seed).standard_normal((rows, columns))
+    u, s, vt = np.linalg.svd(matrix, full_matrices=False)
+    expected = (u * newton_schulz_on_a_singular_value(s / (np.linalg.norm(matrix) + 1e-7))) @ vt  # 1e-7: as its code
+    result = orthogonalize(matrix)
+    assert result.shape == matrix.shape and result.dtype == np.float64
+    assert np.allclose(result, expected, rtol=1e-6, atol=1e-9)
+
+
+def test_orthogonalize_brings_the_singular_values_near_1():
+    """Singular values from 0.005 to 1 of the largest come out between 0.68 and 1.21; the rest scale down to 0."""
+    rng = np.random.default_rng(0)
+    u, _ = np.linalg.qr(rng.standard_normal((16, 16)))
+    v, _ = np.linalg.qr(rng.standard_normal((144, 16)))
+    singular_values = np.geomspace(1.0, 0.005, 16)
+    result = orthogonalize((u * singular_values) @ v.T)
+    out = np.linalg.svd(result, compute_uv=False)
+    assert out.min() > 0.68 and out.max() < 1.21
+    assert np.array_equal(orthogonalize(np.zeros((3, 5))), np.zeros((3, 5)))  # no NaN from a zero gradient
+    assert orthogonalize(np.ones((4, 6), dtype=np.float32)).dtype == np.float32
+
+
+def muon_step_in_torch(weights, grads, lrs, momentum, nesterov):
+    """Muon's update as its docstring writes it, in torch (float64), with the SVD's U f(S) V^T for orthogonalize."""
+    weights = [torch.tensor(w) for w in weights]
+    buffers = [None] * len(weights)
+    for lr, step_grads in zip(lrs, grads):
+        for index, (w, g) in enumerate(zip(weights, step_grads)):
+            g = torch.tensor(g)
+            if momentum:
+                buffers[index] = g.clone() if buffers[index] is None else momentum * buffers[index] + g
+                g = g + momentum * buffers[index] if nesterov else buffers[index]
+            w *= math.sqrt(w.shape[0]) / w.norm()
+            matrix = g.reshape(w.shape[0], -1)
+            u, s, vt = torch.linalg.svd(matrix, full_matrices=False)
+            s = torch.tensor(newton_schulz_on_a_singular_value(s.numpy() / (matrix.norm().item() + 1e-7)))
+            w -= lr * ((u * s) @ vt).reshape(w.shape)
+    return weights, buffers
+
+
+@pytest.mark.parametrize("momentum, nesterov", [(0.0, False), (0.9, False), (0.9, True)])
+def test_muon_matches_its_formula_in_torch(momentum, nesterov):
+    rng = np.random.default_rng(3)
+    shapes = [(8, 3, 3, 3), (4, 12), (6, 2, 1, 1)]
+    initial = [rng.standard_normal(shape) for shape in shapes]
+    lrs = [0.05, 0.2, 0.1, 0.01]
+    grads = [[rng.standard_normal(shape) for shape in shapes] for _ in lrs]
+    params = [Tensor(w.copy(), requires_grad=True) for w in initial]
+    muon = Muon(params, 1.0, momentum, nesterov)
+    for lr, step_grads in zip(lrs, grads):
+        muon.lr = lr
+        for p, g in zip(params, step_grads):
+            p.grad = g
+        muon.step()
+    expected, buffers = muon_step_in_torch(initial, grads, lrs, momentum, nesterov)
+    for index, (p, e) in enumerate(zip(params, expected)):
+        assert rel_error(p.data, e.numpy()) < 1e-8, f"parameter {index} differs"
+        if momentum:
+            assert rel_error(muon.momentum_buffers[index], buffers[index].numpy()) < 1e-12
+
+
+def test_muon_holds_each_weights_scale_and_skips_parameters_without_gradient():
+    rng = np.random.default_rng(4)
+    filters = Tensor(rng.standard_normal((16, 8, 3, 3)).astype(np.float32) * 7, requires_grad=True)
+    idle = Tensor(rng.standard_normal((4, 4)).astype(np.float32), requires_grad=True)
+    before = idle.data.copy()
+    muon = Muon([filters, idle], lr=0.0)
+    filters.grad = rng.standard_normal(filters.shape).astype(np.float32)
+    muon.step()
+    assert filters.dtype == np.float32
+    assert np.isclose(np.linalg.norm(filters.data), 4.0, rtol=1e-5)  # sqrt(C_out) = sqrt(16): lr 0 only rescales
+    assert np.array_equal(idle.data, before) and muon.momentum_buffers[1] is None
+
+
+def test_muon_refuses_bad_parameters_and_settings():
+    with pytest.raises(ValueError, match=r"orthogonalises matrices, but parameter 1 has shape \(5,\)"):
+        Muon([Tensor(np.zeros((2, 3))), Tensor(np.zeros(5))], 0.1)
+    with pytest.raises(ValueError, match="empty parameter list"):
+        Muon([], 0.1)
+    with pytest.raises(ValueError, match="invalid momentum -1"):
+        Muon([Tensor(np.zeros((2, 3)))], 0.1, momentum=-1)
+    weight = Tensor(np.ones((2, 3)))
+    with pytest.raises(ValueError, match="same parameter twice"):
+        Muon([weight, weight], 0.1)
+    with pytest.raises(ValueError, match="given to both Muon and SGD"):
+        MuonWithSGD(Muon([weight], 0.1), SGD([weight], 0.1))
+    with pytest.raises(KeyError, match="not a Muon state dict"):
+        Muon([weight], 0.1).load_state_dict({"lr": 0.1})
+
+
+def muon_with_sgd(model, muon_lr=0.05, lr=0.2):
+    named = list(model.named_parameters())
+    filters = [p for _, p in named if p.ndim == 4]
+    rest = [(name, p) for name, p in named if p.ndim != 4]
+    return MuonWithSGD(Muon(filters, muon_lr, 0.9, True), SGD(param_groups(rest, 5e-4), lr, 0.9, True, 5e-4))
+
+
+def test_muon_with_sgd_follows_one_schedule_and_resumes_bit_for_bit(tmp_path):
+    """The lr set on the pair reaches SGD as it is and Muon scaled; a state saved to .npz resumes exactly."""
+    rng = np.random.default_rng(5)
+    images = [Tensor(rng.standard_normal((4, 3, 8, 8)).astype(np.float32)) for _ in range(4)]
+
+    def train(model, optimizer, steps):
+        for images_batch in steps:
+            optimizer.lr = 0.1
+            optimizer.zero_grad()
+            (model(images_batch) ** 2).mean().backward()
+            optimizer.step()
+
+    straight = models.create("se_resnet20", seed=0)
+    optimizer = muon_with_sgd(straight)
+    optimizer.lr = 0.1
+    assert optimizer.sgd.lr == 0.1 and math.isclose(optimizer.muon.lr, 0.025)
+    assert len(optimizer.muon.params) == 19 and len(optimizer.params) == len(list(straight.parameters()))
+    train(straight, optimizer, images)
+
+    first = models.create("se_resnet20", seed=0)
+    optimizer = muon_with_sgd(first)
+    train(first, optimizer, images[:2])
+    np.savez(tmp_path / "state.npz", **optimizer.state_dict())
+    resumed = models.create("se_resnet20", seed=0)
+    resumed.load_state_dict(first.state_dict())
+    optimizer = muon_with_sgd(resumed)  # as the run's config builds it; the buffers come from the file
+    with np.load(tmp_path / "state.npz") as saved:
+        optimizer.load_state_dict(dict(saved))
+    train(resumed, optimizer, images[2:])
+    for (name, a), (_, b) in zip(straight.named_parameters(), resumed.named_parameters()):
+        assert np.array_equal(a.data, b.data), name
+    with pytest.raises(KeyError, match=r"neither muon/\.\.\. nor sgd/\.\.\."):
+        optimizer.load_state_dict({"lr": 0.1})
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_muon_on_the_device_equals_the_cpu(device):
+    results = {}
+    for where in ("cpu", device):
+        rng = np.random.default_rng(6)
+        param = Tensor(to_device(rng.standard_normal((8, 4, 3, 3)).astype(np.float32), where), requires_grad=True)
+        muon = Muon([param], 0.1)
+        for _ in range(3):
+            param.grad = to_device(rng.standard_normal(param.shape).astype(np.float32), where)
+            muon.step()
+        assert device_of(param.data) == where and param.dtype == np.float32
+        results[where] = to_device(param.data, "cpu")
+    assert np.allclose(results[device], results["cpu"], rtol=1e-5, atol=1e-6)

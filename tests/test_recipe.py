@@ -77,6 +77,7 @@ def test_fast_sets_every_ingredient():
     (["--crop-padding", "4"], "crop_padding", 4),  # He et al.'s augmentation, one half at a time
     (["--flip", "random"], "flip", "random"),
     (["--crop-fill", "reflect"], "crop_fill", "reflect"),
+    (["--muon-lr", "0.05"], "muon_lr", 0.05),
 ])
 def test_each_ingredient_is_overridden_by_its_own_flag_alone(flags, key, value):
     fast = config_from_args(parse_args(["--recipe", "fast"]))
@@ -287,6 +288,31 @@ def test_the_optimiser_leaves_batch_norm_and_biases_undecayed(fake_cifar10):
     assert optimizer.nesterov and optimizer.momentum == 0.9
     everything = train_module.build_optimizer(dict(run, decay_norm_and_bias=True), model)
     assert set(everything.weight_decays()) == {5e-4}
+
+
+@pytest.mark.parametrize("stop_after", [3, 7])
+def test_muon_lr_gives_the_conv_filters_to_muon_and_the_run_resumes_exactly(fake_cifar10, stop_after):
+    assert config(fake_cifar10, "--recipe", "fast")["muon_lr"] == 0.0  # both recipes: SGD for everything
+    whole = config(fake_cifar10, *FAST_RUN, "--muon-lr", "0.05", out="whole")
+    model = train_module.build_model(whole, 10)
+    optimizer = train_module.build_optimizer(whole, model)
+    filters = {id(p) for p in optimizer.muon.params}
+    assert filters == {id(p) for _, p in model.named_parameters() if p.ndim == 4}
+    assert not filters & {id(p) for p in optimizer.sgd.params}
+    assert len(optimizer.params) == len(list(model.parameters()))
+    assert optimizer.muon.nesterov and optimizer.muon.momentum == 0.9 and optimizer.muon_lr_ratio == 0.25
+    assert ("Muon for the conv filters, peak lr 0.05, Nesterov momentum 0.9; SGD for the rest, Nesterov momentum "
+            "0.9, weight decay 0.0005, not on batch norm and biases") in "\n".join(train_module.describe_recipe(whole))
+    train(whole)
+    parts = config(fake_cifar10, *FAST_RUN, "--muon-lr", "0.05", out="parts")
+    assert train(parts, stop_after_steps=stop_after)["stopped"]
+    assert train(config_from_args(parse_args(["--resume", parts["out"], "--no-progress"])))["stopped"] is False
+    expected, actual = (load_checkpoint(Path(run["out"]) / "last.npz") for run in (whole, parts))
+    assert expected[1].keys() == actual[1].keys() and "muon/momentum_buffer.0" in expected[1]
+    for saved, resumed in zip(expected[:2], actual[:2]):
+        assert all(np.array_equal(saved[k], resumed[k]) for k in saved)
+    with pytest.raises(ValueError, match="the PyTorch twin trains with SGD only"):
+        train_torch_module.train_torch(torch_config(fake_cifar10, "--muon-lr", "0.05"))
 
 
 # --- the same recipe in PyTorch --------------------------------------------------------------------------

@@ -23,6 +23,7 @@ The studies of the fast recipe (``python -m tinyse.train --recipe fast``), kept 
     python -m tinyse.experiments tune --seeds 0 1          # the first recipe's settings moved one at a time
     python -m tinyse.experiments full-budget --seeds 0 1   # lr, batch, zero-init, wd, smoothing, r, aug, ...
     python -m tinyse.experiments light-aug-gates           # SE-ResNet-20, its gates started open or not
+    python -m tinyse.experiments light-aug-muon            # SE-ResNet-20, its conv filters trained by Muon or SGD
 
 A study's folder is docs/runs/STUDY (run from the repository's root). Each finished run leaves
 there, beside tinyse.train's files, summary.json (its final numbers, time, threads, machine and
@@ -157,6 +158,10 @@ STUDIES = {
     # recipe's SE as initialised, on the test set. Its as-initialised runs are the light-aug study's SE-ResNet-20
     # runs (the same config, a test checks it), copied in.
     "light-aug-gates": {"budget": LIGHT_FAST, "metric": "test_acc", "seeds": (0, 1, 2, 3, 4), "model": "se_resnet20"},
+    # The conv filters trained by Muon (orthogonalised momentum) at MUON_LR, the rest by SGD as in the recipe, against
+    # SGD for everything, on the test set. Its SGD runs are the light-aug study's SE-ResNet-20 runs (the same config, a
+    # test checks it), copied in.
+    "light-aug-muon": {"budget": LIGHT_FAST, "metric": "test_acc", "seeds": (0, 1, 2, 3, 4), "model": "se_resnet20"},
     # The paper's claim on a deeper network: ResNet-56 against SE-ResNet-56 with the recipe as it stands (3.1 times
     # ResNet-20's multiply-adds, about two hours a run on one thread; three seeds).
     "deep": {"budget": LIGHT_FAST, "metric": "test_acc", "seeds": (0, 1, 2), "model": "resnet56"},
@@ -168,6 +173,9 @@ COMPARE_STUDIES = ("se-vs-plain", "no-smoothing", "fast", "light-aug", "deep")
 STUDY_FLAGS = ("epochs", "train_subset", "test_subset", "val_split", "batch_size", "lr", "eval_every")
 # Lighter augmentation for a short budget (Jordan, 2024): crops from 2-pixel padding, the alternating flip.
 LIGHT_AUGMENTATION = ["--crop-padding", "2", "--flip", "alternate"]
+# Muon's peak lr for the conv filters: the best of 0.02, 0.05 and 0.1 on a short budget (5 epochs, 15,000 images,
+# validation), and of 0.03 and 0.05 over the whole budget (docs/RESULTS.md, section 0).
+MUON_LR = "0.05"
 # The ingredient study: the fast recipe, then each ingredient switched off in turn (label, tinyse.train flags).
 INGREDIENTS_OFF = [
     ("no-onecycle", ["--schedule", "step"]),  # He et al.'s step schedule (/10 at 50%, 75%), same peak lr, no warm-up
@@ -231,7 +239,8 @@ def full_budget_variants(model):
     reduction 4 with its gates started open (the two SE settings each ahead of the recipe on the test set on most
     seeds, unresolved, together); and crops whose border is the image reflected at its edges instead of zeros
     (Jordan 2024's padding: no black band, whose statistics the test images never show); and the last three
-    together."""
+    together; and the conv filters trained by Muon at peak lr MUON_LR (orthogonalised momentum, Jordan et al.
+    2024), the rest by SGD as before."""
     return [variant("fast", model), variant("lr=0.4", model, "--lr", "0.4"),
             variant("batch=64", model, "--batch-size", "64"), variant("zero-init", model, "--zero-init-residual"),
             variant("wd=1e-4", model, "--weight-decay", "1e-4"),
@@ -253,7 +262,8 @@ def full_budget_variants(model):
             variant("light-aug+r=4+gate-bias=2", model, *LIGHT_AUGMENTATION, "--reduction", "4", "--se-gate-bias", "2"),
             variant("light-aug+reflect", model, *LIGHT_AUGMENTATION, "--crop-fill", "reflect"),
             variant("light-aug+r=4+gate-bias=2+reflect", model, *LIGHT_AUGMENTATION, "--reduction", "4",
-                    "--se-gate-bias", "2", "--crop-fill", "reflect")]
+                    "--se-gate-bias", "2", "--crop-fill", "reflect"),
+            variant(f"light-aug+muon={MUON_LR}", model, *LIGHT_AUGMENTATION, "--muon-lr", MUON_LR)]
 
 
 def twenty_epochs_variants(model):
@@ -271,6 +281,12 @@ def gate_variants(model):
     """SE as initialised (no flag: the light-aug study's runs; the gates start near 0.5) and with fc2's bias at 2 in
     every SE block (``--se-gate-bias 2``: the gates start near sigmoid(2) = 0.88)."""
     return [variant("as-initialised", model), variant("gate-bias=2", model, "--se-gate-bias", "2")]
+
+
+def muon_variants(model):
+    """SGD for every parameter (no flag: the light-aug study's runs) and Muon for the conv filters at MUON_LR, SGD for
+    the rest (``--muon-lr``)."""
+    return [variant("sgd", model), variant(f"muon={MUON_LR}", model, "--muon-lr", MUON_LR)]
 
 
 def library_variants(model):
@@ -800,6 +816,7 @@ TITLES = {
     "twenty-epochs": "{model}, the fast recipe as it stands stretched to 20 epochs",
     "light-aug-reduction": "{model}, the fast recipe as it stands, SE at reduction 4 against 16",
     "light-aug-gates": "{model}, the fast recipe as it stands, SE's gates started open against as initialised",
+    "light-aug-muon": "{model}, the fast recipe as it stands, its conv filters trained by Muon against SGD",
 }
 # How to read a study's variant labels, under its recipe line.
 VARIANTS_READ = {
@@ -827,7 +844,9 @@ VARIANTS_READ = {
                    "unit variance (`--whiten-stem`); `light-aug+r=4+gate-bias=2` gives every SE block reduction 4 and "
                    "starts its gates open (fc2's bias at 2); `light-aug+reflect` fills the crops' 2-pixel border "
                    "with the image reflected at its edges instead of zeros (`--crop-fill reflect`); "
-                   "`light-aug+r=4+gate-bias=2+reflect` the two together. Here all train "
+                   "`light-aug+r=4+gate-bias=2+reflect` the two together; `light-aug+muon=0.05` trains the conv "
+                   "filters with Muon (orthogonalised Nesterov momentum, each filter bank's scale held fixed) at "
+                   "peak lr 0.05 on the same schedule, the rest with SGD as before (`--muon-lr 0.05`). Here all train "
                    "on 45,000 images and are compared on "
                    "the 5,000 held out.",
     "light-aug-reduction": "`r=16` is the recipe's SE (the light-aug study's SE-ResNet-20 runs, copied in); `r=4` "
@@ -835,6 +854,10 @@ VARIANTS_READ = {
     "light-aug-gates": "`as-initialised` is the recipe's SE (the light-aug study's SE-ResNet-20 runs, copied in): "
                        "fc2's bias uniform in ±1/sqrt(C/r), the gates near 0.5 at the start; `gate-bias=2` starts "
                        "fc2's bias at 2 in every SE block (`--se-gate-bias 2`), the gates near sigmoid(2) = 0.88.",
+    "light-aug-muon": "`sgd` is the recipe (the light-aug study's SE-ResNet-20 runs, copied in): SGD with Nesterov "
+                      "momentum for every parameter; `muon=0.05` trains the conv filters with Muon at peak lr 0.05 "
+                      "(`--muon-lr 0.05`: the momentum orthogonalised, each filter bank's scale held fixed), batch "
+                      "norm, the SE blocks' and the classifier's parameters with SGD as before.",
 }
 METRIC_NAMES = {"test_acc": "test acc %", "val_acc": "val acc %"}
 
@@ -980,6 +1003,8 @@ STUDY_HELP = {
     "light-aug-gates": "SE-ResNet-20 with the fast recipe as it stands, its SE gates started near 0.88 (fc2's bias "
                        "at 2) against as initialised (near 0.5: the light-aug study's runs), paired by seed, on the "
                        "test set",
+    "light-aug-muon": "SE-ResNet-20 with the fast recipe as it stands, its conv filters trained by Muon (peak lr 0.05) "
+                      "against SGD for every parameter (the light-aug study's runs), paired by seed, on the test set",
 }
 
 
@@ -992,7 +1017,7 @@ def study_variants(study, model):
         raise ValueError(f"unknown model {model!r}; known models: {', '.join(models.list())}")
     variants = {"recipe": recipe_variants, "tune": tune_variants, "full-budget": full_budget_variants,
                 "twenty-epochs": twenty_epochs_variants, "light-aug-reduction": reduction_variants,
-                "light-aug-gates": gate_variants}.get(study, library_variants)(model)
+                "light-aug-gates": gate_variants, "light-aug-muon": muon_variants}.get(study, library_variants)(model)
     return model, variants, variants[0]["label"]
 
 

@@ -1,4 +1,5 @@
-"""The optimiser (SGD with momentum, PyTorch's semantics), learning-rate schedules, and an average of the weights.
+"""The optimisers (SGD with momentum, PyTorch's semantics; Muon for conv filters), learning-rate schedules, and an
+average of the weights.
 
 Training loop, one step::
 
@@ -331,6 +332,194 @@ class SGD:
             p = self.params[index].data
             # astype copies: the buffer is updated in place and must not share the caller's array
             self.momentum_buffers[index] = to_device(state[key], device_of(p)).astype(p.dtype)
+        return self
+
+
+# --- Muon: the conv filters' momentum, orthogonalised -------------------------------------------
+NEWTON_SCHULZ_STEPS = 5
+NEWTON_SCHULZ_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # Jordan et al. (2024): a steep rise from 0, in 5 steps
+
+
+def orthogonalize(matrix, steps=NEWTON_SCHULZ_STEPS):
+    """About U V^T for ``matrix`` = U S V^T (its SVD): the matrix with its singular values set to about 1.
+
+    A Newton-Schulz iteration, only matrix products (fast on a CPU or a GPU, where an SVD is slow)::
+
+        X_0     = M / |M|_F                      every singular value now <= 1
+        A       = X_k X_k^T
+        X_k+1   = a X_k + (b A + c A^2) X_k      each singular value s -> a s + b s^3 + c s^5
+
+    U and V stay as they are; only the singular values move. (a, b, c) = NEWTON_SCHULZ_COEFFICIENTS make the
+    map rise steeply from 0 (slope a = 3.4), so 5 steps lift small singular values as far as larger ones,
+    to between about 0.7 and 1.2 rather than to exactly 1, which trains as well (Jordan et al. 2024,
+    "Muon: an optimizer for hidden layers"). A wide matrix (rows <= columns) keeps A small (rows x rows);
+    a tall one is transposed first and back after.
+
+    matrix: (rows, columns) raw array, NumPy or CuPy. Returns a new array of the same shape and dtype.
+    """
+    a, b, c = NEWTON_SCHULZ_COEFFICIENTS
+    xp = get_array_module(matrix)
+    tall = matrix.shape[0] > matrix.shape[1]
+    x = matrix.T if tall else matrix
+    x = x / (xp.sqrt((x * x).sum()) + 1e-7)  # +1e-7: a zero gradient gives a zero update, not NaN
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * (gram @ gram)) @ x
+    return x.T if tall else x
+
+
+class Muon:
+    """Momentum, orthogonalised (Muon, Jordan et al. 2024), for weights that a batch norm follows: conv filters.
+
+    For each parameter W, shape (C_out, ...), with gradient G, one ``step()`` does::
+
+        buf = momentum * buf + G                          buf = G on the parameter's first step
+        G   = G + momentum * buf   if nesterov else buf
+        W   = W * sqrt(C_out) / |W|_F                     the scale batch norm ignores, held fixed
+        W   = W - lr * orthogonalize(G as a (C_out, rest) matrix)
+
+    Why: SGD moves each filter along its gradient, which a few directions dominate. Orthogonalising the
+    update gives every direction of the (C_out, rest) matrix the same step, so the rare directions learn
+    as fast as the common ones. The update's size no longer depends on the gradient's, so the weights'
+    scale is held at sqrt(C_out) (filters of norm 1 on average): the batch norm after the conv undoes any
+    scale of W, and a fixed scale makes ``lr`` the relative step. There is no weight decay (it only
+    shrinks the scale, which is fixed here).
+
+    params: Tensors with 2 or more axes (``.data``, ``.grad`` raw arrays, NumPy or CuPy); those without a
+        gradient are skipped. lr: a plain attribute, set by the training loop (``MuonWithSGD``).
+    """
+
+    def __init__(self, params, lr, momentum=0.9, nesterov=True):
+        lr, momentum, nesterov = float(lr), float(momentum), bool(nesterov)
+        self.params = list(params)
+        if not self.params:
+            raise ValueError("Muon got an empty parameter list")
+        for index, p in enumerate(self.params):
+            if not isinstance(p, Tensor):
+                raise TypeError(f"Muon can only optimise Tensors, but parameter {index} is a {type(p).__name__}")
+            if p.ndim < 2:
+                raise ValueError(f"Muon orthogonalises matrices, but parameter {index} has shape {p.shape} "
+                                 "(give biases and batch norm's parameters to SGD)")
+        if len({id(p) for p in self.params}) != len(self.params):
+            raise ValueError("Muon got the same parameter twice (it would be updated twice per step)")
+        _check_hyperparameters(lr, momentum, nesterov, 0.0)
+        self.lr, self.momentum, self.nesterov = lr, momentum, nesterov
+        self.momentum_buffers = [None] * len(self.params)
+
+    def __repr__(self):
+        return f"Muon(lr={self.lr}, momentum={self.momentum}, nesterov={self.nesterov}, parameters={len(self.params)})"
+
+    def zero_grad(self):
+        for p in self.params:
+            p.grad = None
+
+    def step(self):
+        """Update every parameter that has a gradient, in place (the class docstring has the math)."""
+        lr, momentum = float(self.lr), float(self.momentum)
+        if lr < 0:
+            raise ValueError(f"invalid learning rate {lr}: it must be >= 0")
+        for index, p in enumerate(self.params):
+            if p.grad is None:
+                continue
+            xp = get_array_module(p.data, p.grad)
+            g = p.grad.astype(p.data.dtype, copy=False)
+            if momentum != 0:
+                buf = self.momentum_buffers[index]
+                if buf is None:
+                    buf = self.momentum_buffers[index] = g.copy()
+                else:
+                    buf *= momentum
+                    buf += g
+                g = g + momentum * buf if self.nesterov else buf
+            rows = p.data.shape[0]
+            p.data *= math.sqrt(rows) / xp.sqrt((p.data * p.data).sum())  # a 0-d array: no wait for the device
+            p.data -= lr * orthogonalize(g.reshape(rows, -1)).reshape(p.data.shape)
+
+    def state_dict(self):
+        """{"lr", "momentum", "nesterov", "num_params", "momentum_buffer.<i>" (NumPy copies, those made)}."""
+        state = {"lr": self.lr, "momentum": self.momentum, "nesterov": self.nesterov, "num_params": len(self.params)}
+        for index, buf in enumerate(self.momentum_buffers):
+            if buf is not None:
+                state[f"momentum_buffer.{index}"] = to_device(buf, "cpu").copy()
+        return state
+
+    def load_state_dict(self, state):
+        """Restore what ``state_dict`` saved (or ``np.load`` read back), checked before anything changes."""
+        state = dict(state)
+        scalar_keys = ("lr", "momentum", "nesterov", "num_params")
+        buffer_keys = {key: int(key.split(".")[1]) for key in state if re.fullmatch(r"momentum_buffer\.\d+", key)}
+        missing = [key for key in scalar_keys if key not in state]
+        unexpected = sorted(state.keys() - set(scalar_keys) - buffer_keys.keys())
+        if missing or unexpected:
+            raise KeyError(f"not a Muon state dict: missing keys {missing}, unexpected keys {unexpected}")
+        if int(state["num_params"]) != len(self.params):
+            raise ValueError(f"the state dict is for {int(state['num_params'])} parameters, "
+                             f"but this optimiser has {len(self.params)}")
+        for key, index in buffer_keys.items():
+            if index >= len(self.params) or np.shape(state[key]) != self.params[index].shape:
+                raise ValueError(f"state dict key {key!r} does not fit this optimiser's parameters")
+        lr, momentum, nesterov = float(state["lr"]), float(state["momentum"]), bool(state["nesterov"])
+        _check_hyperparameters(lr, momentum, nesterov, 0.0)
+        self.lr, self.momentum, self.nesterov = lr, momentum, nesterov
+        self.momentum_buffers = [None] * len(self.params)
+        for key, index in buffer_keys.items():
+            p = self.params[index].data
+            self.momentum_buffers[index] = to_device(state[key], device_of(p)).astype(p.dtype)
+        return self
+
+
+class MuonWithSGD:
+    """Muon for the conv filters, SGD for every other parameter, on the training loop's one schedule.
+
+    The loop sets ``optimizer.lr`` from its schedule at every step: SGD takes that lr, Muon that lr times
+    ``muon.lr / sgd.lr`` as they were built, so both rise and fall together, each from its own peak.
+    ``state_dict`` holds both, their keys prefixed "muon/" and "sgd/".
+    """
+
+    def __init__(self, muon, sgd):
+        if sgd.lr <= 0:
+            raise ValueError(f"MuonWithSGD scales Muon's lr by SGD's, which must be > 0, got {sgd.lr}")
+        shared = {id(p) for p in muon.params} & {id(p) for p in sgd.params}
+        if shared:
+            raise ValueError(f"{len(shared)} parameters are given to both Muon and SGD")
+        self.muon, self.sgd = muon, sgd
+        self.muon_lr_ratio = muon.lr / sgd.lr
+        self.params = muon.params + sgd.params
+
+    def __repr__(self):
+        return f"MuonWithSGD({self.muon!r}, {self.sgd!r})"
+
+    @property
+    def lr(self):
+        return self.sgd.lr
+
+    @lr.setter
+    def lr(self, lr):
+        self.sgd.lr = lr
+        self.muon.lr = float(lr) * self.muon_lr_ratio
+
+    def zero_grad(self):
+        self.muon.zero_grad()
+        self.sgd.zero_grad()
+
+    def step(self):
+        self.muon.step()
+        self.sgd.step()
+
+    def state_dict(self):
+        state = {f"muon/{key}": value for key, value in self.muon.state_dict().items()}
+        state.update({f"sgd/{key}": value for key, value in self.sgd.state_dict().items()})
+        return state
+
+    def load_state_dict(self, state):
+        parts = {"muon/": {}, "sgd/": {}}
+        for key, value in dict(state).items():
+            prefix = next((p for p in parts if key.startswith(p)), None)
+            if prefix is None:
+                raise KeyError(f"not a MuonWithSGD state dict: key {key!r} is neither muon/... nor sgd/...")
+            parts[prefix][key[len(prefix):]] = value
+        self.muon.load_state_dict(parts["muon/"])
+        self.sgd.load_state_dict(parts["sgd/"])
         return self
 
 

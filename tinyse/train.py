@@ -16,6 +16,7 @@ Two recipes (``--recipe``), each a set of defaults that every flag still overrid
     schedule                    step: /10 at 50%, 75%   onecycle: 20% up, linear   --schedule, --warmup-epochs,
                                                         to 0 (Smith & Topin 2019)  --div-factor
     momentum                    0.9                     0.9, Nesterov              --momentum, --[no-]nesterov
+    conv filters' optimiser     SGD                     SGD                        --muon-lr LR (Muon at peak LR)
     weight decay                1e-4, on everything     5e-4, not on batch norm    --weight-decay,
                                                         and biases                 --[no-]decay-norm-and-bias
     crops                       from 4-pixel padding    from 2-pixel padding       --crop-padding
@@ -76,7 +77,7 @@ from tinyse.models.resnet import whiten_stem, zero_init_residuals
 from tinyse.nn import manual_seed
 from tinyse.nn.se import SQUEEZES, set_gate_bias
 from tinyse.ops.se import GATES
-from tinyse.optim import SCHEDULES, SGD, ModelEMA, make_schedule, param_groups
+from tinyse.optim import SCHEDULES, SGD, ModelEMA, Muon, MuonWithSGD, make_schedule, param_groups
 from tinyse.parallel import workers
 from tinyse.progress import Progress, RunTiming, format_duration
 from tinyse.tensor import Tensor, no_grad
@@ -87,17 +88,17 @@ SE_OPTIONS = ("reduction", "squeeze", "excitation", "integration", "stages")
 RECIPES = {
     "he": {"epochs": 164, "batch_size": 128, "lr": 0.1, "schedule": "step", "momentum": 0.9, "nesterov": False,
            "weight_decay": 1e-4, "decay_norm_and_bias": True, "label_smoothing": 0.0, "ema": 0.0, "tta": "none",
-           "val_split": 5000, "eval_every": 1, "crop_padding": 4, "flip": "random"},
+           "val_split": 5000, "eval_every": 1, "crop_padding": 4, "flip": "random", "muon_lr": 0.0},
     "fast": {"epochs": 15, "batch_size": 128, "lr": 0.2, "schedule": "onecycle", "momentum": 0.9, "nesterov": True,
              "weight_decay": 5e-4, "decay_norm_and_bias": False, "label_smoothing": 0.1, "ema": 0.0, "tta": "flip",
-             "val_split": 0, "eval_every": 5, "crop_padding": 2, "flip": "alternate"},
+             "val_split": 0, "eval_every": 5, "crop_padding": 2, "flip": "alternate", "muon_lr": 0.0},
 }
 ONECYCLE_WARMUP = 0.2  # --schedule onecycle rises over this fraction of the epochs unless --warmup-epochs says
 # Settings a config saved before they existed did not have: their value then, so old runs resume unchanged.
 BEFORE_RECIPES = {"recipe": "he", "library": "tinyse", "decay_norm_and_bias": True, "label_smoothing": 0.0,
                   "ema": 0.0, "tta": "none", "eval_every": 1, "div_factor": 25.0, "zero_init_residual": False,
                   "whiten_stem": False, "crop_padding": 4, "flip": "random", "se_gate_bias": None,
-                  "crop_fill": "zeros"}
+                  "crop_fill": "zeros", "muon_lr": 0.0}
 
 
 def parse_args(argv=None, prog="python -m tinyse.train"):
@@ -123,6 +124,9 @@ def parse_args(argv=None, prog="python -m tinyse.train"):
     add("--momentum", type=float, help="0.9")
     add("--nesterov", action=argparse.BooleanOptionalAction, help="Nesterov momentum (he: no, fast: yes)")
     add("--weight-decay", type=float, help="he 1e-4, fast 5e-4")
+    add("--muon-lr", type=float, metavar="LR",
+        help="train the conv filters with Muon (orthogonalised momentum; Jordan et al., 2024) at this peak lr, on "
+             "the same schedule, and the rest with SGD (0: SGD for everything, both recipes' default)")
     add("--decay-norm-and-bias", action=argparse.BooleanOptionalAction,
         help="weight decay on batch norm's parameters and the biases too (he: yes; fast: no, only on the "
              "conv and linear weights)")
@@ -214,7 +218,8 @@ def describe_recipe(config):
                   + (f", SE gates' bias {config['se_gate_bias']:g}" if config.get("se_gate_bias") is not None else "")),
         ("training", f"{config['epochs']} epochs on {images}{held_out}, batch {config['batch_size']}"),
         ("learning rate", f"{config['lr']:g}, {schedule}"),
-        ("optimiser", f"SGD, {momentum}, weight decay {decay}"),
+        ("optimiser", (f"Muon for the conv filters, peak lr {config['muon_lr']:g}, {momentum}; SGD for the rest, "
+                       if config["muon_lr"] else "SGD, ") + f"{momentum}, weight decay {decay}"),
         ("augmentation", f"crop from {config['crop_padding']}-pixel padding"
                          + (f" ({config['crop_fill']})" if config["crop_fill"] != "zeros" else "") + ", "
                          + ("random flip" if config["flip"] == "random" else "flip in every other epoch")
@@ -281,9 +286,16 @@ def build_data(config):
 
 def build_optimizer(config, model):
     """SGD with the config's momentum, Nesterov and weight decay (not on batch norm and biases unless
-    ``decay_norm_and_bias``: ``tinyse.optim.param_groups``)."""
-    groups = param_groups(model.named_parameters(), config["weight_decay"], config["decay_norm_and_bias"])
-    return SGD(groups, config["lr"], config["momentum"], config["nesterov"], config["weight_decay"])
+    ``decay_norm_and_bias``: ``tinyse.optim.param_groups``). With ``muon_lr`` the conv filters (the 4-axis
+    parameters, each followed by a batch norm) go to ``Muon`` instead, the rest to SGD: ``MuonWithSGD``."""
+    named = list(model.named_parameters())
+    filters = [p for _, p in named if p.ndim == 4] if config["muon_lr"] else []
+    rest = [(name, p) for name, p in named if not any(p is f for f in filters)]
+    groups = param_groups(rest, config["weight_decay"], config["decay_norm_and_bias"])
+    sgd = SGD(groups, config["lr"], config["momentum"], config["nesterov"], config["weight_decay"])
+    if not filters:
+        return sgd
+    return MuonWithSGD(Muon(filters, config["muon_lr"], config["momentum"], config["nesterov"]), sgd)
 
 
 def flip_images(images):
@@ -337,7 +349,7 @@ def train_epoch(model, optimizer, schedule, loader, state, stop, progress, label
         loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)  # a scalar Tensor: the batch's mean
         optimizer.zero_grad()                          # gradients accumulate in .grad: clear the last step's
         loss.backward()                                # .grad of every parameter
-        optimizer.step()                               # SGD with momentum and weight decay
+        optimizer.step()                               # SGD with momentum and weight decay (or Muon: build_optimizer)
         if ema is not None:
             ema.update(model)                          # the moving average of the weights
         record_step(state, progress, loss.data.astype(np.float64), logits.data, labels, clock, steps_per_epoch)

@@ -152,6 +152,8 @@ def _train_torch(config, stop_after_steps):
     config = {**train_module.BEFORE_RECIPES, **config, "library": "torch"}
     if config.get("resumed"):
         raise ValueError("a PyTorch run does not resume: run it again without --resume (it starts over)")
+    if config["muon_lr"]:
+        raise ValueError("the PyTorch twin trains with SGD only: --muon-lr is tinyse's alone")
     torch.manual_seed(config["seed"])  # nothing here draws from torch; set for anything that would
     target = torch_device(config["device"])
     out = config["out"]
