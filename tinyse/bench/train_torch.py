@@ -11,7 +11,8 @@ It takes ``tinyse.train``'s flags and resolves them with the same recipes, so a 
     data            tinyse's ``BatchLoader``: the same images, order, crops and flips, batch by batch
                     (``torch.from_numpy``)
     schedule        the same function (``tinyse.optim.make_schedule``), set on every step
-    optimiser       ``torch.optim.SGD`` with the groups of ``tinyse.optim.param_groups`` and Nesterov as set
+    optimiser       ``torch.optim.SGD`` with the groups of ``tinyse.optim.param_groups`` and Nesterov as set;
+                    with ``--muon-lr`` the conv filters by ``TorchMuon`` (``tinyse.optim.Muon``'s update)
     loss            ``torch.nn.functional.cross_entropy`` with the same ``label_smoothing``
     moving average  ``TorchEMA``: the update of ``tinyse.optim.ModelEMA`` (same ``ema_decay``), on torch tensors
     evaluation      single crop and flip TTA, the model's weights and the average's, every ``--eval-every`` epochs
@@ -38,8 +39,43 @@ from tinyse.bench.machine import torch_device
 from tinyse.checkpoint import atomic_write, save_checkpoint
 from tinyse.data import DATASETS, DataError
 from tinyse.memory import keep_freed_memory
-from tinyse.optim import ema_decay, make_schedule, param_groups
+from tinyse.optim import NEWTON_SCHULZ_COEFFICIENTS, NEWTON_SCHULZ_STEPS, ema_decay, make_schedule, param_groups
 from tinyse.progress import Progress
+
+
+class TorchMuon:
+    """``tinyse.optim.Muon`` for torch tensors: the same update (momentum, Nesterov, each weight's scale held at
+    sqrt(C_out), the Newton-Schulz orthogonalisation with the same coefficients), written with torch's ops."""
+
+    def __init__(self, params, lr, momentum, nesterov):
+        self.params, self.lr, self.momentum, self.nesterov = list(params), float(lr), float(momentum), nesterov
+        self.buffers = [None] * len(self.params)
+
+    def step(self):
+        import torch
+
+        a, b, c = NEWTON_SCHULZ_COEFFICIENTS
+        with torch.no_grad():
+            for index, p in enumerate(self.params):
+                if p.grad is None:
+                    continue
+                g = p.grad
+                if self.momentum:
+                    if self.buffers[index] is None:
+                        self.buffers[index] = g.clone()
+                    else:
+                        self.buffers[index].mul_(self.momentum).add_(g)
+                    g = g + self.momentum * self.buffers[index] if self.nesterov else self.buffers[index]
+                rows = p.shape[0]
+                p.mul_(rows**0.5 / p.norm())
+                x = g.reshape(rows, -1)
+                tall = x.shape[0] > x.shape[1]
+                x = x.T if tall else x
+                x = x / (x.norm() + 1e-7)
+                for _ in range(NEWTON_SCHULZ_STEPS):
+                    gram = x @ x.T
+                    x = a * x + (b * gram + c * (gram @ gram)) @ x
+                p.sub_(self.lr * (x.T if tall else x).reshape(p.shape))
 
 
 class TorchEMA:
@@ -152,16 +188,18 @@ def _train_torch(config, stop_after_steps):
     config = {**train_module.BEFORE_RECIPES, **config, "library": "torch"}
     if config.get("resumed"):
         raise ValueError("a PyTorch run does not resume: run it again without --resume (it starts over)")
-    if config["muon_lr"]:
-        raise ValueError("the PyTorch twin trains with SGD only: --muon-lr is tinyse's alone")
     torch.manual_seed(config["seed"])  # nothing here draws from torch; set for anything that would
     target = torch_device(config["device"])
     out = config["out"]
     os.makedirs(out, exist_ok=True)
     model = build_twin(config, DATASETS[config["dataset"]]["num_classes"], target)  # before the data: fails sooner
     _, loaders = train_module.build_data(dict(config, device="cpu"))  # batches move to ``target`` below
-    groups = param_groups(model.named_parameters(), config["weight_decay"], config["decay_norm_and_bias"])
+    named = list(model.named_parameters())
+    filters = [p for _, p in named if p.ndim == 4] if config["muon_lr"] else []  # as tinyse.train.build_optimizer
+    rest = [(name, p) for name, p in named if not any(p is f for f in filters)]
+    groups = param_groups(rest, config["weight_decay"], config["decay_norm_and_bias"])
     optimizer = torch.optim.SGD(groups, lr=config["lr"], momentum=config["momentum"], nesterov=config["nesterov"])
+    muon = TorchMuon(filters, config["muon_lr"], config["momentum"], config["nesterov"]) if filters else None
     schedule = make_schedule(config["schedule"], config["lr"], config["epochs"], config["milestones"],
                              warmup_epochs=config["warmup_epochs"], div_factor=config["div_factor"])
     ema = TorchEMA(model, config["ema"]) if config["ema"] else None
@@ -184,12 +222,16 @@ def _train_torch(config, stop_after_steps):
                 lr = schedule(epoch + state.step / steps_per_epoch)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
+                if muon is not None:
+                    muon.lr = lr * config["muon_lr"] / config["lr"]  # tinyse.optim.MuonWithSGD's one schedule
                 x, y = torch.from_numpy(images.data).to(target), torch.from_numpy(labels).to(target)
                 logits = model(x)
                 loss = TF.cross_entropy(logits, y, label_smoothing=config["label_smoothing"])
-                optimizer.zero_grad()
+                model.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                if muon is not None:
+                    muon.step()
                 if ema is not None:
                     ema.update(model)
                 train_module.record_step(state, progress, loss.detach().double(), logits.detach(), y, clock,
