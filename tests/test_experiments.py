@@ -330,7 +330,7 @@ def test_the_full_budget_study_moves_one_setting_over_the_whole_training_set_les
                        "light-aug+reflect": {"crop_padding": 2, "flip": "alternate", "crop_fill": "reflect"},
                        "light-aug+r=4+gate-bias=2+reflect": {"crop_padding": 2, "flip": "alternate", "reduction": 4,
                                                              "se_gate_bias": 2.0, "crop_fill": "reflect"},
-                       "light-aug+muon=0.05": {"crop_padding": 2, "flip": "alternate", "muon_lr": 0.05}}
+                       "light-aug+muon=0.03": {"crop_padding": 2, "flip": "alternate", "muon_lr": 0.03}}
 
 
 @pytest.mark.parametrize("study, moved", [("no-smoothing", {"label_smoothing": (0.1, 0.0)}),
@@ -390,17 +390,18 @@ def test_every_study_folder_is_in_the_runs_index_with_its_command():
 
 
 def test_every_fast_study_pins_the_settings_the_recipe_has_moved_since_it_began():
-    """The recipe's peak lr went 0.2 -> 0.4 -> 0.2 and its augmentation to 2-pixel crops and the alternating flip:
-    a study that leaves one of those to the recipe would change its runs each time the recipe moves."""
-    moved = ("lr", "crop_padding", "flip")
+    """The recipe's peak lr went 0.2 -> 0.4 -> 0.2, its augmentation to 2-pixel crops and the alternating flip, its
+    conv filters' optimiser from SGD to Muon: a study that leaves one of those to the recipe would change its runs
+    each time the recipe moves."""
+    moved = ("lr", "crop_padding", "flip", "muon_lr")
     fast = train_module.RECIPES["fast"]
-    assert tuple(fast[k] for k in moved) == (0.2, 2, "alternate")
+    assert tuple(fast[k] for k in moved) == (0.2, 2, "alternate", 0.03)
     for name, settings in experiments.STUDIES.items():
         if settings["budget"].get("recipe") == "fast":
             assert set(moved) <= set(settings["budget"]), name
     assert experiments.STUDIES["fast"]["budget"]["lr"] == 0.4
     light = experiments.STUDIES["light-aug"]["budget"]
-    assert {k: light[k] for k in moved} == {k: fast[k] for k in moved}
+    assert {k: light[k] for k in moved} == {**{k: fast[k] for k in moved}, "muon_lr": 0.0}
 
 
 def test_the_recipe_study_runs_records_and_compares_on_validation(fake_cifar10, capsys):
@@ -487,6 +488,20 @@ def test_the_torch_check_trains_both_libraries_and_reports_the_time_ratio(fake_c
     assert torch_summary["library"] == "torch" and torch_summary["machine"]["torch"]
 
 
+def test_the_muon_torch_check_trains_what_the_light_aug_muon_study_trains_and_the_recipe_as_it_stands():
+    """Its tinyse runs are the light-aug-muon study's Muon runs copied in: valid only while the configs agree."""
+    _, torch_check, _ = experiments.study_variants("muon-torch", "se_resnet20")
+    _, muon_study, _ = experiments.study_variants("light-aug-muon", "se_resnet20")
+    recipe = train_module.config_from_args(train_module.parse_args(["--recipe", "fast"]))
+    for seed in (0, 1):
+        muon = experiments.run_config("a", muon_study[1], seed, experiments.STUDIES["light-aug-muon"]["budget"])
+        assert experiments.differences(muon, dict(recipe, seed=seed)) == {}
+        for v in torch_check:
+            config = experiments.run_config("b", v, seed, experiments.STUDIES["muon-torch"]["budget"])
+            library = {} if v["library"] == "tinyse" else {"library": ("torch", "tinyse")}
+            assert experiments.differences(config, muon) == library
+
+
 def test_the_light_aug_torch_check_trains_what_the_light_aug_study_trains_for_se_resnet20():
     """Its tinyse runs are the light-aug study's SE-ResNet-20 runs copied in: valid only while the configs agree."""
     _, torch_check, _ = experiments.study_variants("light-aug-torch", "se_resnet20")
@@ -504,7 +519,7 @@ def test_the_light_aug_torch_check_trains_what_the_light_aug_study_trains_for_se
 @pytest.mark.parametrize("study, folders, moved", [
     ("light-aug-reduction", ["r-16", "r-4"], {"reduction": (4, None)}),  # SE at r=4 against the recipe's 16
     ("light-aug-gates", ["as-initialised", "gate-bias-2"], {"se_gate_bias": (2.0, None)}),  # SE's gates started open
-    ("light-aug-muon", ["sgd", "muon-0.05"], {"muon_lr": (0.05, 0.0)}),  # the conv filters trained by Muon
+    ("light-aug-muon", ["sgd", "muon-0.03"], {"muon_lr": (0.03, 0.0)}),  # the conv filters trained by Muon
 ])
 def test_a_study_with_the_light_aug_studys_se_resnet20_runs_copied_in_moves_one_setting(study, folders, moved):
     """Its baseline runs are the light-aug study's SE-ResNet-20 runs copied in: valid only while the configs agree."""

@@ -55,7 +55,7 @@ def test_fast_sets_every_ingredient():
     expected = {"epochs": 15, "batch_size": 128, "lr": 0.2, "schedule": "onecycle", "momentum": 0.9, "nesterov": True,
                 "weight_decay": 5e-4, "decay_norm_and_bias": False, "label_smoothing": 0.1, "ema": 0.0,
                 "tta": "flip", "val_split": 0, "eval_every": 5, "warmup_epochs": 3.0, "div_factor": 25.0,
-                "crop_padding": 2, "flip": "alternate"}
+                "crop_padding": 2, "flip": "alternate", "muon_lr": 0.03}
     assert {k: resolved[k] for k in expected} == expected
     assert resolved["library"] == "tinyse" and resolved["threads"] >= 1
 
@@ -77,7 +77,7 @@ def test_fast_sets_every_ingredient():
     (["--crop-padding", "4"], "crop_padding", 4),  # He et al.'s augmentation, one half at a time
     (["--flip", "random"], "flip", "random"),
     (["--crop-fill", "reflect"], "crop_fill", "reflect"),
-    (["--muon-lr", "0.05"], "muon_lr", 0.05),
+    (["--muon-lr", "0"], "muon_lr", 0.0),  # SGD for the conv filters too, as before Muon
 ])
 def test_each_ingredient_is_overridden_by_its_own_flag_alone(flags, key, value):
     fast = config_from_args(parse_args(["--recipe", "fast"]))
@@ -109,7 +109,8 @@ def test_the_recipe_is_printed_at_the_start_of_a_run(fake_cifar10, capsys):
     train(config(fake_cifar10, "--recipe", "fast", "--epochs", "1", "--train-subset", "16"))
     printed = capsys.readouterr().out
     for text in ("recipe 'fast'", "0.2, onecycle: 0.2 epochs up from lr / 25, then linear to 0",
-                 "SGD, Nesterov momentum 0.9, weight decay 0.0005, not on batch norm and biases",
+                 "Muon for the conv filters, peak lr 0.03, Nesterov momentum 0.9; SGD for the rest, Nesterov "
+                 "momentum 0.9, weight decay 0.0005, not on batch norm and biases",
                  "label smoothing  0.1", "augmentation     crop from 2-pixel padding, flip in every other epoch",
                  "weight average   none", "flip, reported beside the single crop"):
         assert text in printed, text
@@ -208,7 +209,8 @@ def test_the_recipes_table_lists_the_same_settings():
 
 
 # --- a run with every ingredient -------------------------------------------------------------------
-FAST_RUN = ["--recipe", "fast", "--epochs", "2", "--eval-every", "1", "--val-split", "20", "--ema", "0.9"]
+FAST_RUN = ["--recipe", "fast", "--epochs", "2", "--eval-every", "1", "--val-split", "20", "--ema", "0.9",
+            "--muon-lr", "0"]  # SGD for every parameter; the Muon tests below ask for it
 
 
 def test_a_fast_run_reports_the_average_beside_the_raw_weights_and_tta_beside_the_single_crop(fake_cifar10):
@@ -279,7 +281,7 @@ def test_the_training_loss_uses_the_label_smoothing(fake_cifar10, monkeypatch):
 
 
 def test_the_optimiser_leaves_batch_norm_and_biases_undecayed(fake_cifar10):
-    run = config(fake_cifar10, "--recipe", "fast")
+    run = config(fake_cifar10, "--recipe", "fast", "--muon-lr", "0")
     model = train_module.build_model(run, 10)
     optimizer = train_module.build_optimizer(run, model)
     decays = dict(zip([id(p) for p in optimizer.params], optimizer.weight_decays()))
@@ -292,7 +294,7 @@ def test_the_optimiser_leaves_batch_norm_and_biases_undecayed(fake_cifar10):
 
 @pytest.mark.parametrize("stop_after", [3, 7])
 def test_muon_lr_gives_the_conv_filters_to_muon_and_the_run_resumes_exactly(fake_cifar10, stop_after):
-    assert config(fake_cifar10, "--recipe", "fast")["muon_lr"] == 0.0  # both recipes: SGD for everything
+    assert config(fake_cifar10)["muon_lr"] == 0.0  # he: SGD for everything
     whole = config(fake_cifar10, *FAST_RUN, "--muon-lr", "0.05", out="whole")
     model = train_module.build_model(whole, 10)
     optimizer = train_module.build_optimizer(whole, model)
@@ -315,7 +317,7 @@ def test_muon_lr_gives_the_conv_filters_to_muon_and_the_run_resumes_exactly(fake
 
 # --- the same recipe in PyTorch --------------------------------------------------------------------------
 PARITY_RUN = ["--recipe", "fast", "--epochs", "2", "--eval-every", "1", "--val-split", "20", "--ema", "0.9",
-              "--lr", "0.02", "--train-subset", "32"]
+              "--lr", "0.02", "--train-subset", "32", "--muon-lr", "0"]
 
 
 def torch_config(tmp_path, *extra, out="torch"):

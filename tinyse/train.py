@@ -16,7 +16,8 @@ Two recipes (``--recipe``), each a set of defaults that every flag still overrid
     schedule                    step: /10 at 50%, 75%   onecycle: 20% up, linear   --schedule, --warmup-epochs,
                                                         to 0 (Smith & Topin 2019)  --div-factor
     momentum                    0.9                     0.9, Nesterov              --momentum, --[no-]nesterov
-    conv filters' optimiser     SGD                     SGD                        --muon-lr LR (Muon at peak LR)
+    conv filters' optimiser     SGD                     Muon, peak lr 0.03 (Jordan --muon-lr LR (0: SGD)
+                                                        et al. 2024), same schedule
     weight decay                1e-4, on everything     5e-4, not on batch norm    --weight-decay,
                                                         and biases                 --[no-]decay-norm-and-bias
     crops                       from 4-pixel padding    from 2-pixel padding       --crop-padding
@@ -91,7 +92,7 @@ RECIPES = {
            "val_split": 5000, "eval_every": 1, "crop_padding": 4, "flip": "random", "muon_lr": 0.0},
     "fast": {"epochs": 15, "batch_size": 128, "lr": 0.2, "schedule": "onecycle", "momentum": 0.9, "nesterov": True,
              "weight_decay": 5e-4, "decay_norm_and_bias": False, "label_smoothing": 0.1, "ema": 0.0, "tta": "flip",
-             "val_split": 0, "eval_every": 5, "crop_padding": 2, "flip": "alternate", "muon_lr": 0.0},
+             "val_split": 0, "eval_every": 5, "crop_padding": 2, "flip": "alternate", "muon_lr": 0.03},
 }
 ONECYCLE_WARMUP = 0.2  # --schedule onecycle rises over this fraction of the epochs unless --warmup-epochs says
 # Settings a config saved before they existed did not have: their value then, so old runs resume unchanged.
@@ -126,7 +127,7 @@ def parse_args(argv=None, prog="python -m tinyse.train"):
     add("--weight-decay", type=float, help="he 1e-4, fast 5e-4")
     add("--muon-lr", type=float, metavar="LR",
         help="train the conv filters with Muon (orthogonalised momentum; Jordan et al., 2024) at this peak lr, on "
-             "the same schedule, and the rest with SGD (0: SGD for everything, both recipes' default)")
+             "the same schedule, and the rest with SGD (he 0: SGD for everything; fast 0.03)")
     add("--decay-norm-and-bias", action=argparse.BooleanOptionalAction,
         help="weight decay on batch norm's parameters and the biases too (he: yes; fast: no, only on the "
              "conv and linear weights)")
