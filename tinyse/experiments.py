@@ -12,18 +12,19 @@
 The studies of the fast recipe (``python -m tinyse.train --recipe fast``), kept in the repository:
 
     python -m tinyse.experiments recipe --seeds 0 1        # the recipe, and each ingredient switched off in turn
-    python -m tinyse.experiments light-aug --seeds 0 1 2   # ResNet-20 vs SE-ResNet-20, the fast recipe as it is
+    python -m tinyse.experiments light-aug --seeds 0 1 2   # ResNet-20 vs SE-ResNet-20, the recipe before Muon (SGD)
     python -m tinyse.experiments se-vs-plain --seeds 0 1 2 # the same at its first augmentation (4-pixel crops)
     python -m tinyse.experiments fast --seeds 0 1 2        # the same at the tune study's peak lr, 0.4
     python -m tinyse.experiments no-smoothing --seeds 0    # se-vs-plain without label smoothing
     python -m tinyse.experiments torch-check --seeds 0 1   # the first recipe in tinyse and PyTorch: accuracy, time
-    python -m tinyse.experiments light-aug-torch --seeds 0 1  # the same with the recipe as it stands
-    python -m tinyse.experiments twenty-epochs --seeds 0   # SE-ResNet-20, the recipe as it stands, 20 epochs
+    python -m tinyse.experiments light-aug-torch --seeds 0 1  # the same with the recipe before Muon
+    python -m tinyse.experiments twenty-epochs --seeds 0   # SE-ResNet-20, the recipe before Muon, 20 epochs
     python -m tinyse.experiments light-aug --jobs 2        # two runs at a time, one thread each
     python -m tinyse.experiments tune --seeds 0 1          # the first recipe's settings moved one at a time
     python -m tinyse.experiments full-budget --seeds 0 1   # lr, batch, zero-init, wd, smoothing, r, aug, ...
     python -m tinyse.experiments light-aug-gates           # SE-ResNet-20, its gates started open or not
     python -m tinyse.experiments light-aug-muon            # SE-ResNet-20, its conv filters trained by Muon or SGD
+    python -m tinyse.experiments muon-torch --seeds 0 1    # the recipe as it stands (Muon) in tinyse and PyTorch
 
 A study's folder is docs/runs/STUDY (run from the repository's root). Each finished run leaves
 there, beside tinyse.train's files, summary.json (its final numbers, time, threads, machine and
@@ -142,12 +143,12 @@ STUDIES = {
     "no-smoothing": {"budget": dict(FIRST_FAST, label_smoothing=0.0), "metric": "test_acc", "seeds": (0, 1, 2),
                      "model": "resnet20"},
     # The full-budget study's light-aug arm (2-pixel crops, alternating flip) on all 50,000 images and the test set:
-    # ahead of the recipe on validation on both seeds, and so the recipe as it stands.
+    # ahead of the recipe on validation on both seeds, and so the recipe until Muon.
     "light-aug": {"budget": LIGHT_FAST, "metric": "test_acc", "seeds": (0, 1, 2), "model": "resnet20"},
-    # The recipe as it stands trained by tinyse and by PyTorch. Its tinyse runs are the light-aug study's
+    # The recipe before Muon trained by tinyse and by PyTorch. Its tinyse runs are the light-aug study's
     # SE-ResNet-20 runs (the same config, a test checks it), copied in rather than trained twice.
     "light-aug-torch": {"budget": LIGHT_FAST, "metric": "test_acc", "seeds": (0, 1), "model": "se_resnet20"},
-    # The recipe as it stands stretched to 20 epochs (the warm-up with it): not a candidate for the 15-epoch recipe,
+    # The recipe before Muon stretched to 20 epochs (the warm-up with it): not a candidate for the 15-epoch recipe,
     # a measure on the test set of how far 15 epochs stop from where a third more would take it.
     "twenty-epochs": {"budget": dict(LIGHT_FAST, epochs=20), "metric": "test_acc", "seeds": (0, 1),
                       "model": "se_resnet20"},
@@ -166,7 +167,7 @@ STUDIES = {
     # The recipe as it stands (Muon for the conv filters) trained by tinyse and by PyTorch. Its tinyse runs are the
     # light-aug-muon study's Muon runs (the same config, a test checks it), copied in rather than trained twice.
     "muon-torch": {"budget": MUON_FAST, "metric": "test_acc", "seeds": (0, 1), "model": "se_resnet20"},
-    # The paper's claim on a deeper network: ResNet-56 against SE-ResNet-56 with the recipe as it stands (3.1 times
+    # The paper's claim on a deeper network: ResNet-56 against SE-ResNet-56 with the recipe before Muon (3.1 times
     # ResNet-20's multiply-adds, about two hours a run on one thread; three seeds).
     "deep": {"budget": LIGHT_FAST, "metric": "test_acc", "seeds": (0, 1, 2), "model": "resnet56"},
     # The recipe at the tune study's peak lr 0.4 (as it stood before light-aug): ResNet-20 and SE-ResNet-20.
@@ -816,13 +817,13 @@ TITLES = {
     "no-smoothing": "{model} against se_{model}, the first fast recipe without label smoothing",
     "light-aug": "{model} against se_{model}, the fast recipe (peak lr 0.2, lighter augmentation)",
     "fast": "{model} against se_{model}, the fast recipe at peak lr 0.4",
-    "deep": "{model} against se_{model}, the fast recipe as it stands (peak lr 0.2, lighter augmentation)",
+    "deep": "{model} against se_{model}, the fast recipe before Muon (peak lr 0.2, lighter augmentation)",
     "torch-check": "{model}, the same recipe in tinyse and in PyTorch",
     "light-aug-torch": "{model}, the fast recipe (peak lr 0.2, lighter augmentation) in tinyse and in PyTorch",
     "muon-torch": "{model}, the fast recipe as it stands (Muon for the conv filters) in tinyse and in PyTorch",
-    "twenty-epochs": "{model}, the fast recipe as it stands stretched to 20 epochs",
-    "light-aug-reduction": "{model}, the fast recipe as it stands, SE at reduction 4 against 16",
-    "light-aug-gates": "{model}, the fast recipe as it stands, SE's gates started open against as initialised",
+    "twenty-epochs": "{model}, the fast recipe before Muon stretched to 20 epochs",
+    "light-aug-reduction": "{model}, the fast recipe before Muon, SE at reduction 4 against 16",
+    "light-aug-gates": "{model}, the fast recipe before Muon, SE's gates started open against as initialised",
     "light-aug-muon": "{model}, the fast recipe as it stands, its conv filters trained by Muon against SGD",
 }
 # How to read a study's variant labels, under its recipe line.
@@ -997,19 +998,19 @@ STUDY_HELP = {
                    "flips), paired by seed",
     "no-smoothing": "the same without label smoothing (the full-budget study's best arm), paired by seed",
     "light-aug": "the same with 2-pixel crops and the alternating flip (the full-budget study's light-aug arm): "
-                 "the fast recipe as it stands",
-    "deep": "ResNet-56 against SE-ResNet-56 with the fast recipe as it stands, paired by seed",
+                 "the fast recipe before Muon",
+    "deep": "ResNet-56 against SE-ResNet-56 with the fast recipe before Muon, paired by seed",
     "fast": "ResNet-20 against SE-ResNet-20 with the fast recipe at the tune study's peak lr 0.4 and 4-pixel crops, "
             "paired by seed",
     "torch-check": "the first fast recipe trained by tinyse and by PyTorch: accuracy and time",
     "light-aug-torch": "the fast recipe before Muon (the light-aug study's) trained by tinyse and by PyTorch",
     "muon-torch": "the fast recipe as it stands (Muon for the conv filters; the light-aug-muon study's Muon arm) "
                   "trained by tinyse and by PyTorch",
-    "twenty-epochs": "the fast recipe as it stands stretched to 20 epochs (warm-up 4): what 15 epochs cost, on the "
+    "twenty-epochs": "the fast recipe before Muon stretched to 20 epochs (warm-up 4): what 15 epochs cost, on the "
                      "test set",
-    "light-aug-reduction": "SE-ResNet-20 with the fast recipe as it stands at reduction 4 against 16 (the light-aug "
+    "light-aug-reduction": "SE-ResNet-20 with the fast recipe before Muon at reduction 4 against 16 (the light-aug "
                            "study's runs), paired by seed, on the test set",
-    "light-aug-gates": "SE-ResNet-20 with the fast recipe as it stands, its SE gates started near 0.88 (fc2's bias "
+    "light-aug-gates": "SE-ResNet-20 with the fast recipe before Muon, its SE gates started near 0.88 (fc2's bias "
                        "at 2) against as initialised (near 0.5: the light-aug study's runs), paired by seed, on the "
                        "test set",
     "light-aug-muon": "SE-ResNet-20 with the fast recipe as it stands, its conv filters trained by Muon (peak lr 0.03) "
