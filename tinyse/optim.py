@@ -350,10 +350,10 @@ def orthogonalize(matrix, steps=NEWTON_SCHULZ_STEPS):
         X_k+1   = a X_k + (b A + c A^2) X_k      each singular value s -> a s + b s^3 + c s^5
 
     U and V stay as they are; only the singular values move. (a, b, c) = NEWTON_SCHULZ_COEFFICIENTS make the
-    map rise steeply from 0 (slope a = 3.4), so 5 steps lift small singular values as far as larger ones,
-    to between about 0.7 and 1.2 rather than to exactly 1, which trains as well (Jordan et al. 2024,
-    "Muon: an optimizer for hidden layers"). A wide matrix (rows <= columns) keeps A small (rows x rows);
-    a tall one is transposed first and back after.
+    map rise steeply from 0 (slope a = 3.4), so 5 steps lift small singular values (down to about 1/300 of
+    |M|_F) as far as larger ones, to between about 0.7 and 1.2 rather than to exactly 1, which trains as well
+    (Jordan et al. 2024, "Muon: an optimizer for hidden layers"). A wide matrix (rows <= columns) keeps A
+    small (rows x rows); a tall one is transposed first and back after.
 
     matrix: (rows, columns) raw array, NumPy or CuPy. Returns a new array of the same shape and dtype.
     """

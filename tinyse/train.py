@@ -19,7 +19,9 @@ Two recipes (``--recipe``), each a set of defaults that every flag still overrid
     conv filters' optimiser     SGD                     Muon, peak lr 0.03 (Jordan --muon-lr LR (0: SGD)
                                                         et al. 2024), same schedule
     weight decay                1e-4, on everything     5e-4, not on batch norm    --weight-decay,
-                                                        and biases                 --[no-]decay-norm-and-bias
+                                                        and biases (nor Muon's     --[no-]decay-norm-and-bias
+                                                        filters: their scale is
+                                                        held fixed)
     crops                       from 4-pixel padding    from 2-pixel padding       --crop-padding
     crops' border               zeros                   zeros                      --crop-fill (zeros, reflect)
     flips                       random, p = 1/2         alternate: every other     --flip
@@ -37,9 +39,9 @@ Two recipes (``--recipe``), each a set of defaults that every flag still overrid
 
 He et al.'s recipe is the SE paper's CIFAR baseline (64k iterations; random crops with 4-pixel
 padding and random horizontal flips). The fast one reaches its accuracy in a tenth of the epochs, with
-the lighter augmentation of the short-budget literature (docs/RESULTS.md, section 0, gives what each
-setting changed). ``--lr`` is the learning rate at the batch you give: at another batch than 128, scale
-it yourself (Goyal et al. 2017's linear rule: lr * B / 128).
+the lighter augmentation of the short-budget literature and Muon for the conv filters (docs/RESULTS.md,
+section 0, gives what each setting changed). ``--lr`` is the learning rate at the batch you give: at another
+batch than 128, scale it yourself (Goyal et al. 2017's linear rule: lr * B / 128).
 
 The run folder (``--out``) receives:
     config.json      every setting of the run (the recipe resolved)
