@@ -488,6 +488,19 @@ def test_the_torch_check_trains_both_libraries_and_reports_the_time_ratio(fake_c
     assert torch_summary["library"] == "torch" and torch_summary["machine"]["torch"]
 
 
+def test_the_muon_se_vs_plain_study_pairs_resnet20_with_the_light_aug_muon_studys_runs():
+    """Its SE-ResNet-20 runs are the light-aug-muon study's Muon runs copied in; ResNet-20 differs in the model only."""
+    model, variants, baseline = experiments.study_variants("muon-se-vs-plain", "resnet20")
+    assert (model, baseline, [v["model"] for v in variants]) == ("resnet20", "resnet20", ["resnet20", "se_resnet20"])
+    _, muon_study, _ = experiments.study_variants("light-aug-muon", "se_resnet20")
+    for seed in experiments.STUDIES["muon-se-vs-plain"]["seeds"]:
+        muon = experiments.run_config("a", muon_study[1], seed, experiments.STUDIES["light-aug-muon"]["budget"])
+        plain, se = (experiments.run_config("b", v, seed, experiments.STUDIES["muon-se-vs-plain"]["budget"])
+                     for v in variants)
+        assert experiments.differences(se, muon) == {}
+        assert experiments.differences(plain, muon) == {"model": ("resnet20", "se_resnet20")}
+
+
 def test_the_muon_torch_check_trains_what_the_light_aug_muon_study_trains_and_the_recipe_as_it_stands():
     """Its tinyse runs are the light-aug-muon study's Muon runs copied in: valid only while the configs agree."""
     _, torch_check, _ = experiments.study_variants("muon-torch", "se_resnet20")

@@ -25,6 +25,7 @@ The studies of the fast recipe (``python -m tinyse.train --recipe fast``), kept 
     python -m tinyse.experiments light-aug-gates           # SE-ResNet-20, its gates started open or not
     python -m tinyse.experiments light-aug-muon            # SE-ResNet-20, its conv filters trained by Muon or SGD
     python -m tinyse.experiments muon-torch --seeds 0 1    # the recipe as it stands (Muon) in tinyse and PyTorch
+    python -m tinyse.experiments muon-se-vs-plain          # ResNet-20 vs SE-ResNet-20, the recipe as it stands
 
 A study's folder is docs/runs/STUDY (run from the repository's root). Each finished run leaves
 there, beside tinyse.train's files, summary.json (its final numbers, time, threads, machine and
@@ -167,6 +168,9 @@ STUDIES = {
     # The recipe as it stands (Muon for the conv filters) trained by tinyse and by PyTorch. Its tinyse runs are the
     # light-aug-muon study's Muon runs (the same config, a test checks it), copied in rather than trained twice.
     "muon-torch": {"budget": MUON_FAST, "metric": "test_acc", "seeds": (0, 1), "model": "se_resnet20"},
+    # The paper's claim with the recipe as it stands: ResNet-20 against SE-ResNet-20, Muon for the conv filters of
+    # both. Its SE-ResNet-20 runs are the light-aug-muon study's Muon runs (the same config, a test checks it).
+    "muon-se-vs-plain": {"budget": MUON_FAST, "metric": "test_acc", "seeds": (0, 1, 2), "model": "resnet20"},
     # The paper's claim on a deeper network: ResNet-56 against SE-ResNet-56 with the recipe before Muon (3.1 times
     # ResNet-20's multiply-adds, about two hours a run on one thread; three seeds).
     "deep": {"budget": LIGHT_FAST, "metric": "test_acc", "seeds": (0, 1, 2), "model": "resnet56"},
@@ -174,7 +178,7 @@ STUDIES = {
     "fast": {"budget": dict(FIRST_FAST, lr=0.4), "metric": "test_acc", "seeds": (0, 1, 2), "model": "resnet20"},
 }
 # the studies that train NAME and se_NAME
-COMPARE_STUDIES = ("se-vs-plain", "no-smoothing", "fast", "light-aug", "deep")
+COMPARE_STUDIES = ("se-vs-plain", "no-smoothing", "fast", "light-aug", "deep", "muon-se-vs-plain")
 STUDY_FLAGS = ("epochs", "train_subset", "test_subset", "val_split", "batch_size", "lr", "eval_every")
 # Lighter augmentation for a short budget (Jordan, 2024): crops from 2-pixel padding, the alternating flip.
 LIGHT_AUGMENTATION = ["--crop-padding", "2", "--flip", "alternate"]
@@ -818,6 +822,7 @@ TITLES = {
     "light-aug": "{model} against se_{model}, the fast recipe (peak lr 0.2, lighter augmentation)",
     "fast": "{model} against se_{model}, the fast recipe at peak lr 0.4",
     "deep": "{model} against se_{model}, the fast recipe before Muon (peak lr 0.2, lighter augmentation)",
+    "muon-se-vs-plain": "{model} against se_{model}, the fast recipe as it stands (Muon for the conv filters)",
     "torch-check": "{model}, the same recipe in tinyse and in PyTorch",
     "light-aug-torch": "{model}, the fast recipe (peak lr 0.2, lighter augmentation) in tinyse and in PyTorch",
     "muon-torch": "{model}, the fast recipe as it stands (Muon for the conv filters) in tinyse and in PyTorch",
@@ -1000,6 +1005,8 @@ STUDY_HELP = {
     "light-aug": "the same with 2-pixel crops and the alternating flip (the full-budget study's light-aug arm): "
                  "the fast recipe before Muon",
     "deep": "ResNet-56 against SE-ResNet-56 with the fast recipe before Muon, paired by seed",
+    "muon-se-vs-plain": "ResNet-20 against SE-ResNet-20 with the fast recipe as it stands (Muon for the conv "
+                        "filters), paired by seed",
     "fast": "ResNet-20 against SE-ResNet-20 with the fast recipe at the tune study's peak lr 0.4 and 4-pixel crops, "
             "paired by seed",
     "torch-check": "the first fast recipe trained by tinyse and by PyTorch: accuracy and time",
