@@ -22,6 +22,7 @@ from tinyse.optim import (
     cosine_lr,
     ema_decay,
     make_schedule,
+    muon_split,
     one_cycle_lr,
     orthogonalize,
     param_groups,
@@ -552,6 +553,24 @@ def test_param_groups_split_a_torch_twin_the_same_way():
     theirs = [[name for name, p in twin.named_parameters() if any(p is q for q in g["params"])]
               for g in param_groups(twin.named_parameters(), 5e-4)]
     assert [sorted(g) for g in ours] == [sorted(g) for g in theirs]
+
+
+def test_muon_split_gives_the_conv_filters_to_muon_and_the_rest_to_sgd_groups():
+    """SE-ResNet-20: with a Muon lr every 4-axis conv filter goes to Muon, each exactly once, and SGD's groups
+    hold the rest (the SE and fc weights decayed, batch norm and biases not); with lr 0 SGD gets everything."""
+    model = models.create("se_resnet20", seed=0)
+    named = dict(model.named_parameters())
+    names = {id(p): name for name, p in named.items()}
+    filters, (decay, no_decay) = muon_split(model.named_parameters(), 0.03, 5e-4)
+    to_muon = [names[id(p)] for p in filters]
+    assert len(to_muon) == len(set(to_muon)) and set(to_muon) == {n for n in named if "conv" in n and "weight" in n}
+    decayed = {names[id(p)] for p in decay["params"]}
+    assert decayed == {n for n in named if n.endswith("weight") and ("se.fc" in n or n == "fc.weight")}
+    assert set(to_muon) | decayed | {names[id(p)] for p in no_decay["params"]} == set(named)
+    assert no_decay["weight_decay"] == 0.0 and decay["weight_decay"] == 5e-4
+    filters, groups = muon_split(model.named_parameters(), 0.0, 5e-4)
+    assert filters == [] and [len(g["params"]) for g in groups] == [len(g["params"])
+                                                                    for g in param_groups(named.items(), 5e-4)]
 
 
 def test_grouped_optimizer_resumes_bit_for_bit_and_checks_the_groups():

@@ -66,6 +66,20 @@ def param_groups(named_parameters, weight_decay, decay_norm_and_bias=False):
     return [group for group in groups if group["params"]]
 
 
+def muon_split(named_parameters, muon_lr, weight_decay, decay_norm_and_bias=False):
+    """The parameters split between Muon and SGD: (filters, sgd_groups).
+
+    With ``muon_lr`` (non-zero) the conv filters, the 4-axis parameters (each followed by a batch norm, which
+    makes their scale free), go to Muon; every other parameter goes to SGD in ``param_groups``. With
+    ``muon_lr`` 0 ``filters`` is empty and SGD gets everything. tinyse and torch parameters alike
+    (only ``.ndim`` is read), so ``tinyse.train`` and the PyTorch twin split the same way.
+    """
+    named_parameters = list(named_parameters)
+    filters = [p for _, p in named_parameters if p.ndim == 4] if muon_lr else []
+    rest = [(name, p) for name, p in named_parameters if not (muon_lr and p.ndim == 4)]
+    return filters, param_groups(rest, weight_decay, decay_norm_and_bias)
+
+
 def _group_list(params, weight_decay):
     """``params`` as a list of groups ({"params": [...], "weight_decay": float}), as torch normalises them."""
     params = list(params)

@@ -80,7 +80,7 @@ from tinyse.models.resnet import whiten_stem, zero_init_residuals
 from tinyse.nn import manual_seed
 from tinyse.nn.se import SQUEEZES, set_gate_bias
 from tinyse.ops.se import GATES
-from tinyse.optim import SCHEDULES, SGD, ModelEMA, Muon, MuonWithSGD, make_schedule, param_groups
+from tinyse.optim import SCHEDULES, SGD, ModelEMA, Muon, MuonWithSGD, make_schedule, muon_split
 from tinyse.parallel import workers
 from tinyse.progress import Progress, RunTiming, format_duration
 from tinyse.tensor import Tensor, no_grad
@@ -291,10 +291,8 @@ def build_optimizer(config, model):
     """SGD with the config's momentum, Nesterov and weight decay (not on batch norm and biases unless
     ``decay_norm_and_bias``: ``tinyse.optim.param_groups``). With ``muon_lr`` the conv filters (the 4-axis
     parameters, each followed by a batch norm) go to ``Muon`` instead, the rest to SGD: ``MuonWithSGD``."""
-    named = list(model.named_parameters())
-    filters = [p for _, p in named if p.ndim == 4] if config["muon_lr"] else []
-    rest = [(name, p) for name, p in named if not any(p is f for f in filters)]
-    groups = param_groups(rest, config["weight_decay"], config["decay_norm_and_bias"])
+    filters, groups = muon_split(model.named_parameters(), config["muon_lr"], config["weight_decay"],
+                                 config["decay_norm_and_bias"])
     sgd = SGD(groups, config["lr"], config["momentum"], config["nesterov"], config["weight_decay"])
     if not filters:
         return sgd

@@ -39,7 +39,7 @@ from tinyse.bench.machine import torch_device
 from tinyse.checkpoint import atomic_write, save_checkpoint
 from tinyse.data import DATASETS, DataError
 from tinyse.memory import keep_freed_memory
-from tinyse.optim import NEWTON_SCHULZ_COEFFICIENTS, NEWTON_SCHULZ_STEPS, ema_decay, make_schedule, param_groups
+from tinyse.optim import NEWTON_SCHULZ_COEFFICIENTS, NEWTON_SCHULZ_STEPS, ema_decay, make_schedule, muon_split
 from tinyse.progress import Progress
 
 
@@ -194,10 +194,8 @@ def _train_torch(config, stop_after_steps):
     os.makedirs(out, exist_ok=True)
     model = build_twin(config, DATASETS[config["dataset"]]["num_classes"], target)  # before the data: fails sooner
     _, loaders = train_module.build_data(dict(config, device="cpu"))  # batches move to ``target`` below
-    named = list(model.named_parameters())
-    filters = [p for _, p in named if p.ndim == 4] if config["muon_lr"] else []  # as tinyse.train.build_optimizer
-    rest = [(name, p) for name, p in named if not any(p is f for f in filters)]
-    groups = param_groups(rest, config["weight_decay"], config["decay_norm_and_bias"])
+    filters, groups = muon_split(model.named_parameters(), config["muon_lr"], config["weight_decay"],
+                                 config["decay_norm_and_bias"])  # as tinyse.train.build_optimizer
     optimizer = torch.optim.SGD(groups, lr=config["lr"], momentum=config["momentum"], nesterov=config["nesterov"])
     muon = TorchMuon(filters, config["muon_lr"], config["momentum"], config["nesterov"]) if filters else None
     schedule = make_schedule(config["schedule"], config["lr"], config["epochs"], config["milestones"],
